@@ -1,0 +1,229 @@
+"""Conversation types and the OpenAI-messages normalizer.
+
+Every raw row becomes a :class:`Conversation` of :class:`Message` s here; nothing downstream reads
+raw dicts. Normalization is deliberate and documented:
+
+* reasoning comes from ``reasoning_content`` / ``reasoning`` / ``thinking`` or from a leading inline
+  ``<think>…</think>`` in ``content``; it is stored without tags;
+* assistant content and reasoning are stripped of surrounding whitespace (a leading newline would
+  merge with the header's newline into one token and blur the trained span);
+* tool-call ``arguments`` are parsed into a dict (a JSON string and a dict render identically);
+* content given as a list of OpenAI text parts is joined; any other non-string content is an error.
+
+Bad input raises :class:`SampleError` with a stable ``reason`` key (counted by the data builder).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+
+CONTROL_TOKEN_RE = re.compile(
+    r"<\|(?:begin_of_text|end_of_text|start_header_id|end_header_id|eot_id|eom_id|python_tag"
+    r"|finetune_right_pad_id|reserved_special_token_\d+)\|>"
+)
+
+
+class SampleError(ValueError):
+    """A sample that cannot be rendered. ``reason`` is a stable key used for drop counts."""
+
+    def __init__(self, reason: str, detail: str, origin: str = "") -> None:
+        self.reason, self.detail, self.origin = reason, detail, origin
+        where = f"{origin}: " if origin else ""
+        super().__init__(f"{where}{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str | None = None
+
+    def as_json(self) -> str:
+        """The call as written inside ``<tool_call>`` (same serialization as the template's tojson)."""
+        return json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str = ""
+    reasoning: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    origin: str = ""  # "file:line" or similar, used in every error message
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _text(value: Any, what: str, origin: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    raise SampleError("non_string_content", f"{what} is {type(value).__name__}, expected a string", origin)
+
+
+def parse_arguments(raw: Any, origin: str = "") -> dict[str, Any]:
+    """Tool-call arguments as a dict, from a dict or a JSON string holding an object."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as err:
+            raise SampleError("bad_tool_arguments", f"arguments are not valid JSON ({err.msg})", origin) from err
+    if not isinstance(raw, dict):
+        raise SampleError("bad_tool_arguments", f"arguments must be a JSON object, got {type(raw).__name__}", origin)
+    return raw
+
+
+def split_inline_reasoning(content: str, origin: str = "") -> tuple[str | None, str]:
+    """Split a leading ``<think>…</think>`` off assistant content; reject unbalanced or repeated tags."""
+    opens, closes = content.count("<think>"), content.count("</think>")
+    if opens == 0 and closes == 0:
+        return None, content
+    if opens != 1 or closes != 1:
+        raise SampleError("bad_think_tags", f"{opens} <think> and {closes} </think> tags in one turn", origin)
+    stripped = content.lstrip()
+    if not stripped.startswith("<think>"):
+        raise SampleError("bad_think_tags", "<think> must open the assistant turn", origin)
+    reasoning, answer = stripped[len("<think>") :].split("</think>", 1)
+    return reasoning, answer
+
+
+def _tool_call(raw: Any, origin: str) -> ToolCall:
+    if not isinstance(raw, dict):
+        raise SampleError("bad_tool_call", f"tool call is {type(raw).__name__}, expected an object", origin)
+    fn = raw.get("function", raw)
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str) or not name:
+        raise SampleError("bad_tool_call", "tool call has no function name", origin)
+    args = fn.get("arguments", fn.get("parameters", {}))
+    return ToolCall(name=name, arguments=parse_arguments(args, origin), id=raw.get("id"))
+
+
+def _tool_schema(raw: Any, origin: str) -> dict[str, Any]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise SampleError("bad_tools", f"a tool definition is not valid JSON ({err.msg})", origin) from err
+    if not isinstance(raw, dict):
+        raise SampleError("bad_tools", "a tool definition must be an object", origin)
+    fn = raw.get("function") if raw.get("type") == "function" else raw
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise SampleError("bad_tools", "a tool definition has no function name", origin)
+    return {"type": "function", "function": fn}
+
+
+def message_from_openai(raw: Any, origin: str = "") -> Message:
+    """One OpenAI chat message as a :class:`Message`."""
+    if not isinstance(raw, dict):
+        raise SampleError("bad_message", f"message is {type(raw).__name__}, expected an object", origin)
+    role = raw.get("role")
+    if role not in ROLES:
+        raise SampleError("unknown_role", f"role {role!r} (expected one of {', '.join(ROLES)})", origin)
+    content = _text(raw.get("content"), f"{role} content", origin)
+    if role != "assistant":
+        return Message(role=role, content=content, tool_call_id=raw.get("tool_call_id"), name=raw.get("name"))
+    field_reasoning = next((raw[k] for k in REASONING_FIELDS if raw.get(k) is not None), None)
+    inline_reasoning, content = split_inline_reasoning(content, origin)
+    if field_reasoning is not None and inline_reasoning is not None:
+        raise SampleError("bad_think_tags", "reasoning given both as a field and inline in content", origin)
+    reasoning = _text(field_reasoning, "reasoning", origin) if field_reasoning is not None else inline_reasoning
+    if reasoning is not None and ("<think>" in reasoning or "</think>" in reasoning):
+        raise SampleError("bad_think_tags", "think tags inside the reasoning text", origin)
+    reasoning = reasoning.strip() if reasoning is not None else None
+    calls = tuple(_tool_call(c, origin) for c in (raw.get("tool_calls") or []))
+    return Message(role="assistant", content=content.strip(), reasoning=reasoning or None, tool_calls=calls)
+
+
+def conversation_from_openai(row: dict[str, Any], origin: str = "") -> Conversation:
+    """A row ``{"messages": [...], "tools": [...]}`` as a validated :class:`Conversation`."""
+    raw_messages = row.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise SampleError("empty_conversation", "no 'messages' list (or it is empty)", origin)
+    tools = row.get("tools") or []
+    if isinstance(tools, str):
+        tools = json.loads(tools) if tools.strip() else []
+    conv = Conversation(
+        messages=tuple(message_from_openai(m, origin) for m in raw_messages),
+        tools=tuple(_tool_schema(t, origin) for t in tools),
+        origin=origin,
+    )
+    validate(conv)
+    return conv
+
+
+def _check_strings(conv: Conversation) -> None:
+    for i, m in enumerate(conv.messages):
+        texts = [m.content, m.reasoning or ""] + [c.as_json() for c in m.tool_calls]
+        for text in texts:
+            if hit := CONTROL_TOKEN_RE.search(text):
+                raise SampleError(
+                    "control_token_in_content",
+                    f"message {i} ({m.role}) contains the control token {hit.group(0)}",
+                    conv.origin,
+                )
+    if conv.tools and (hit := CONTROL_TOKEN_RE.search(json.dumps(conv.tools, ensure_ascii=False))):
+        raise SampleError("control_token_in_content", f"tools contain the control token {hit.group(0)}", conv.origin)
+
+
+def validate(conv: Conversation) -> None:
+    """Structural checks shared by every format and recipe. Raises :class:`SampleError`."""
+    if not conv.messages:
+        raise SampleError("empty_conversation", "no messages", conv.origin)
+    if not any(m.role == "assistant" for m in conv.messages):
+        raise SampleError("no_assistant_turn", "the conversation has no assistant turn", conv.origin)
+    pending: list[ToolCall] = []  # calls of the latest assistant turn not yet answered
+    for i, m in enumerate(conv.messages):
+        if m.role == "assistant":
+            if not (m.content or m.reasoning or m.tool_calls):
+                raise SampleError("empty_assistant_turn", f"message {i} is an empty assistant turn", conv.origin)
+            pending = list(m.tool_calls)
+        elif m.role == "tool":
+            if not pending:
+                raise SampleError("orphan_tool_result", f"message {i} answers no pending tool call", conv.origin)
+            match = pending[0]
+            if m.tool_call_id and any(c.id for c in pending):
+                match = next((c for c in pending if c.id == m.tool_call_id), None)
+                if match is None:
+                    raise SampleError(
+                        "orphan_tool_result", f"message {i} answers unknown call id {m.tool_call_id!r}", conv.origin
+                    )
+            pending.remove(match)
+        else:
+            pending = []
+    _check_strings(conv)
+
+
+def to_template_messages(conv: Conversation) -> list[dict[str, Any]]:
+    """Plain dicts in the shape the chat template reads (what ``apply_chat_template`` users pass)."""
+    out: list[dict[str, Any]] = []
+    for m in conv.messages:
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.reasoning:
+            d["reasoning_content"] = m.reasoning
+        if m.tool_calls:
+            d["tool_calls"] = [
+                {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                | ({"id": c.id} if c.id else {})
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out

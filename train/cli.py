@@ -1,0 +1,77 @@
+"""``hermes-sft``: one entry point; each subcommand lives in its own module and is imported lazily
+(so ``hermes-sft render`` does not pay for importing DeepSpeed).
+
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Nested groups ("data build") use a space.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "render": ("data_recipes.cli_render", "render OpenAI-format JSONL to ids + labels (JSON lines on stdout)"),
+    "inspect": ("data_recipes.cli_inspect", "show a rendered sample with trained tokens highlighted"),
+    "tokenizer": ("data_recipes.cli_tokenizer", "write the Hermes tokenizer + chat template to a folder"),
+    "data build": ("data_recipes.cli_build", "build a packed, tokenized dataset from a mixture config"),
+    "data stats": ("data_recipes.cli_stats", "print a built dataset's manifest as a table"),
+    "data inspect": ("data_recipes.cli_data_inspect", "show a packed row with sample boundaries"),
+    "train": ("train.cli_train", "train with DeepSpeed ZeRO-3 (one rank, or --nproc-per-node N)"),
+    "plan": ("train.plan", "memory / time plan for a config on N nodes x G GPUs"),
+    "export": ("train.export.cli", "export a checkpoint to BF16 / FP8 Hugging Face folders"),
+    "verify": ("train.export.verify_cli", "verify an exported folder (load, logits, template, parse)"),
+    "demo": ("train.demo", "run the whole pipeline on the bundled sample data (CPU, minutes)"),
+}
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="hermes-sft", description="Hermes-4-style SFT of Llama-3.1 models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    leaves: dict[str, argparse.ArgumentParser] = {}
+    for name, (_, help_text) in COMMANDS.items():
+        parts = name.split(" ")
+        if len(parts) == 1:
+            leaves[name] = sub.add_parser(name, help=help_text, description=help_text)
+            continue
+        group, leaf = parts
+        if group not in groups:
+            gp = sub.add_parser(group, help=f"{group} commands")
+            groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND", required=True)
+        leaves[name] = groups[group].add_parser(leaf, help=help_text, description=help_text)
+    return parser, leaves
+
+
+def _selected(argv: list[str]) -> str | None:
+    for n in range(2, 0, -1):
+        name = " ".join(argv[:n])
+        if name in COMMANDS:
+            return name
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, leaves = _build_parser()
+    name = _selected(argv)
+    if name is None:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    module.add_arguments(leaves[name])
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        # User errors (bad config, bad input file) end with one clear line, not a stack trace.
+        print(f"hermes-sft {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
