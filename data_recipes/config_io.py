@@ -73,6 +73,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads `1e-5` as a string; accept it as a number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -81,16 +86,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown or missing keys raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
-        key = f"{where}.{name}"
+        key = f"{where}.{name}" if where else name
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -98,7 +103,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
 
 
 def to_dict(obj: Any) -> Any:
@@ -143,4 +148,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     """Load ``cls`` from a YAML file (or defaults if ``path`` is None) with dotted overrides applied."""
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where=str(path or cls.__name__))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path or cls.__name__}: {err}") from None

@@ -84,9 +84,13 @@ def parse_arguments(raw: Any, origin: str = "") -> dict[str, Any]:
         try:
             raw = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as err:
-            raise SampleError("bad_tool_arguments", f"arguments are not valid JSON ({err.msg})", origin) from err
+            raise SampleError(
+                "bad_tool_arguments", f"arguments are not valid JSON ({err.msg})", origin
+            ) from err
     if not isinstance(raw, dict):
-        raise SampleError("bad_tool_arguments", f"arguments must be a JSON object, got {type(raw).__name__}", origin)
+        raise SampleError(
+            "bad_tool_arguments", f"arguments must be a JSON object, got {type(raw).__name__}", origin
+        )
     return raw
 
 
@@ -120,7 +124,9 @@ def _tool_schema(raw: Any, origin: str) -> dict[str, Any]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise SampleError("bad_tools", f"a tool definition is not valid JSON ({err.msg})", origin) from err
+            raise SampleError(
+                "bad_tools", f"a tool definition is not valid JSON ({err.msg})", origin
+            ) from err
     if not isinstance(raw, dict):
         raise SampleError("bad_tools", "a tool definition must be an object", origin)
     fn = raw.get("function") if raw.get("type") == "function" else raw
@@ -143,7 +149,9 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     inline_reasoning, content = split_inline_reasoning(content, origin)
     if field_reasoning is not None and inline_reasoning is not None:
         raise SampleError("bad_think_tags", "reasoning given both as a field and inline in content", origin)
-    reasoning = _text(field_reasoning, "reasoning", origin) if field_reasoning is not None else inline_reasoning
+    reasoning = (
+        _text(field_reasoning, "reasoning", origin) if field_reasoning is not None else inline_reasoning
+    )
     if reasoning is not None and ("<think>" in reasoning or "</think>" in reasoning):
         raise SampleError("bad_think_tags", "think tags inside the reasoning text", origin)
     reasoning = reasoning.strip() if reasoning is not None else None
@@ -179,7 +187,9 @@ def _check_strings(conv: Conversation) -> None:
                     conv.origin,
                 )
     if conv.tools and (hit := CONTROL_TOKEN_RE.search(json.dumps(conv.tools, ensure_ascii=False))):
-        raise SampleError("control_token_in_content", f"tools contain the control token {hit.group(0)}", conv.origin)
+        raise SampleError(
+            "control_token_in_content", f"tools contain the control token {hit.group(0)}", conv.origin
+        )
 
 
 def validate(conv: Conversation) -> None:
@@ -192,17 +202,23 @@ def validate(conv: Conversation) -> None:
     for i, m in enumerate(conv.messages):
         if m.role == "assistant":
             if not (m.content or m.reasoning or m.tool_calls):
-                raise SampleError("empty_assistant_turn", f"message {i} is an empty assistant turn", conv.origin)
+                raise SampleError(
+                    "empty_assistant_turn", f"message {i} is an empty assistant turn", conv.origin
+                )
             pending = list(m.tool_calls)
         elif m.role == "tool":
             if not pending:
-                raise SampleError("orphan_tool_result", f"message {i} answers no pending tool call", conv.origin)
+                raise SampleError(
+                    "orphan_tool_result", f"message {i} answers no pending tool call", conv.origin
+                )
             match = pending[0]
             if m.tool_call_id and any(c.id for c in pending):
                 match = next((c for c in pending if c.id == m.tool_call_id), None)
                 if match is None:
                     raise SampleError(
-                        "orphan_tool_result", f"message {i} answers unknown call id {m.tool_call_id!r}", conv.origin
+                        "orphan_tool_result",
+                        f"message {i} answers unknown call id {m.tool_call_id!r}",
+                        conv.origin,
                     )
             pending.remove(match)
         else:

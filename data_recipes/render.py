@@ -92,7 +92,10 @@ def render_text(
 
 
 def label_tokens(
-    input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], origin: str
+    input_ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
+    origin: str,
 ) -> list[int]:
     """Labels for tokens whose character range lies inside a span; a token across a span edge is an error."""
     labels = [IGNORE_INDEX] * len(input_ids)
@@ -202,7 +205,11 @@ def check_invariants(
     """
     ids, origin = sample.input_ids, conv.origin
     if not ids or ids[0] != BOS_ID or ids.count(BOS_ID) != 1:
-        raise SampleError("bos_invariant", f"expected one <|begin_of_text|> at position 0, found {ids.count(BOS_ID)}", origin)
+        raise SampleError(
+            "bos_invariant",
+            f"expected one <|begin_of_text|> at position 0, found {ids.count(BOS_ID)}",
+            origin,
+        )
     runs = _trained_runs(sample.labels)
     if not runs:
         raise SampleError("no_trained_tokens", "no assistant token is trained", origin)
@@ -210,10 +217,14 @@ def check_invariants(
     expected = [assistant_body(conv.messages[i]) + EOT for i in turns]
     decoded = [tokenizer.decode(ids[a:b], skip_special_tokens=False) for a, b in runs]
     if decoded != expected:
-        raise SampleError("trained_span_mismatch", f"decoded trained spans {decoded!r} != {expected!r}", origin)
+        raise SampleError(
+            "trained_span_mismatch", f"decoded trained spans {decoded!r} != {expected!r}", origin
+        )
     history = [replace(conv, messages=conv.messages[:i]) for i in turns]
     prompts = [render_text(h, options, add_generation_prompt=True)[0] for h in history]
-    for turn, prompt_ids in zip(turns, tokenizer(prompts, add_special_tokens=False)["input_ids"], strict=True):
+    for turn, prompt_ids in zip(
+        turns, tokenizer(prompts, add_special_tokens=False)["input_ids"], strict=True
+    ):
         if ids[: len(prompt_ids)] != prompt_ids:
             raise SampleError(
                 "prefix_mismatch", f"the inference prompt for message {turn} is not a token prefix", origin

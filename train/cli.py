@@ -12,7 +12,10 @@ import sys
 
 # name -> (module, one-line help). Nested groups ("data build") use a space.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "render": ("data_recipes.cli_render", "render OpenAI-format JSONL to ids + labels (JSON lines on stdout)"),
+    "render": (
+        "data_recipes.cli_render",
+        "render OpenAI-format JSONL to ids + labels (JSON lines on stdout)",
+    ),
     "inspect": ("data_recipes.cli_inspect", "show a rendered sample with trained tokens highlighted"),
     "tokenizer": ("data_recipes.cli_tokenizer", "write the Hermes tokenizer + chat template to a folder"),
     "data build": ("data_recipes.cli_build", "build a packed, tokenized dataset from a mixture config"),

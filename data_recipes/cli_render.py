@@ -1,0 +1,112 @@
+"""``hermes-sft render INPUT.jsonl``: OpenAI-format rows → one JSON line per sample on stdout.
+
+Each output line is ``{"text": …, "input_ids": […], "labels": […], "origin": "file:line"}``. A bad
+row is reported on stderr with its file, line and reason, and counted; ``--strict`` stops at the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from data_recipes.messages import SampleError, conversation_from_openai
+from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thinking", action="store_true", help="use the deep-thinking system prompt")
+    parser.add_argument(
+        "--history",
+        choices=HISTORY_POLICIES,
+        default=None,
+        help="multi-turn policy: last (default) | expand | keep (see data_recipes/README.md)",
+    )
+    parser.add_argument(
+        "--keep-cots",
+        action="store_true",
+        help="keep earlier turns' reasoning and train them (= --history keep)",
+    )
+    parser.add_argument(
+        "--tokenizer", default=None, help="a local Llama-3.1 tokenizer folder (default: built offline)"
+    )
+
+
+def render_options(args: argparse.Namespace) -> RenderOptions:
+    history = args.history or ("keep" if args.keep_cots else "last")
+    if args.keep_cots and history != "keep":
+        raise ValueError(f"--keep-cots contradicts --history {history}; use one of them")
+    return RenderOptions(thinking=args.thinking, history=history)
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleError]]:
+    """(origin, row) for every non-blank line; a malformed line yields a SampleError instead of a row."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            origin = f"{p}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield origin, SampleError("malformed_json", err.msg, origin)
+                continue
+            if not isinstance(row, dict):
+                yield origin, SampleError("malformed_row", "a line must hold a JSON object", origin)
+                continue
+            yield origin, row
+
+
+def render_file(
+    path: str | Path, tokenizer, options: RenderOptions
+) -> Iterator[tuple[str, list[RenderedSample] | SampleError]]:
+    """Render every row of an OpenAI-format JSONL file; errors are yielded, not raised."""
+    for origin, row in read_jsonl(path):
+        if isinstance(row, SampleError):
+            yield origin, row
+            continue
+        try:
+            yield origin, render_all(conversation_from_openai(row, origin), tokenizer, options)
+        except SampleError as err:
+            yield origin, err
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="JSONL file with {'messages': [...], 'tools': [...]} per line")
+    add_render_arguments(parser)
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on the first bad row instead of skipping it"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_recipes.tokenizer import load_tokenizer
+
+    options = render_options(args)
+    tokenizer = load_tokenizer(args.tokenizer)
+    rows, samples, dropped = 0, 0, Counter()
+    for _origin, result in render_file(args.input, tokenizer, options):
+        rows += 1
+        if isinstance(result, SampleError):
+            if args.strict:
+                raise result
+            dropped[result.reason] += 1
+            print(f"skipped {result}", file=sys.stderr)
+            continue
+        for s in result:
+            samples += 1
+            line = {"text": s.text, "input_ids": s.input_ids, "labels": s.labels, "origin": s.origin}
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+    summary = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items())) or "none"
+    print(
+        f"rendered {samples} samples from {rows} rows; dropped {sum(dropped.values())} ({summary})",
+        file=sys.stderr,
+    )
+    return 0

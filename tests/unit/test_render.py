@@ -1,0 +1,175 @@
+"""Renderer: golden ids and labels, history policies, parity with apply_chat_template's assistant mask."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_recipes.messages import conversation_from_openai
+from data_recipes.render import IGNORE_INDEX, RenderOptions, expand_history, render, render_all
+
+PLAIN = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+REASONING = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "reasoning_content": "Add.", "content": "4"},
+    ]
+}
+TOOL = {
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "messages": [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Go"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}],
+        },
+        {"role": "tool", "content": "ok"},
+        {"role": "assistant", "content": "Done"},
+    ],
+}
+MULTI = {
+    "messages": [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "reasoning_content": "r", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "reasoning_content": "s", "content": "d"},
+    ]
+}
+
+
+def run(row, **opts):
+    return render(conversation_from_openai(row), tok(), RenderOptions(**opts))
+
+
+_TOK = {}
+
+
+def tok():
+    return _TOK["t"]
+
+
+@pytest.fixture(autouse=True)
+def _bind_tokenizer(tokenizer):
+    _TOK["t"] = tokenizer
+
+
+def trained_positions(sample):
+    return [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
+
+
+def test_golden_plain():
+    s = run(PLAIN)
+    assert s.input_ids == [
+        128000, 128006, 9125, 128007, 271, 2675, 527, 95063, 11, 3549, 555, 48109, 8483, 13, 128009,
+        128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 198, 9906, 0, 128009,
+    ]  # fmt: skip
+    assert trained_positions(s) == [25, 26, 27]  # "Hello", "!", <|eot_id|>
+    assert all(s.labels[i] == s.input_ids[i] for i in trained_positions(s))
+
+
+def test_golden_reasoning():
+    s = run(REASONING)
+    assert s.input_ids == [
+        128000, 128006, 9125, 128007, 271, 3513, 10015, 13, 128009, 128006, 882, 128007, 271, 17, 10, 17, 30,
+        128009, 128006, 78191, 128007, 198, 128013, 198, 2261, 627, 128014, 198, 19, 128009,
+    ]  # fmt: skip
+    assert trained_positions(s) == list(range(22, 30))  # <think> … </think>\n4<|eot_id|>; header "\n" masked
+
+
+def test_golden_tool_calling():
+    s = run(TOOL)
+    user_on = s.input_ids.index(882) - 1
+    assert s.input_ids[user_on:] == [
+        128006, 882, 128007, 271, 11087, 128009,
+        128006, 78191, 128007, 198, 128015, 198, 5018, 609, 794, 330, 69, 498, 330, 16774, 794, 5324, 87, 794, 220,
+        16, 11498, 128016, 128009,
+        128006, 14506, 128007, 271, 128017, 198, 564, 198, 128018, 128009,
+        128006, 78191, 128007, 198, 17911, 128009,
+    ]  # fmt: skip
+    trained = [s.input_ids[i] for i in trained_positions(s)]
+    assert trained == [128015, 198, 5018, 609, 794, 330, 69, 498, 330, 16774, 794, 5324, 87, 794, 220, 16, 11498,
+                       128016, 128009, 17911, 128009]  # fmt: skip
+    assert 128017 not in trained, "tool results must be masked"
+
+
+def test_golden_multi_turn_last_policy():
+    s = run(MULTI)
+    assert s.input_ids == [
+        128000, 128006, 9125, 128007, 271, 50, 128009, 128006, 882, 128007, 271, 64, 128009,
+        128006, 78191, 128007, 198, 65, 128009, 128006, 882, 128007, 271, 66, 128009,
+        128006, 78191, 128007, 198, 128013, 198, 82, 198, 128014, 198, 67, 128009,
+    ]  # fmt: skip
+    assert trained_positions(s) == list(range(29, 37))
+
+
+def decoded_trained(tokenizer, sample):
+    out, run_ids = [], []
+    for i, label in enumerate([*sample.labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX:
+            run_ids.append(sample.input_ids[i])
+        elif run_ids:
+            out.append(tokenizer.decode(run_ids))
+            run_ids = []
+    return out
+
+
+def test_history_policies(tokenizer):
+    conv = conversation_from_openai(MULTI)
+    keep = render(conv, tokenizer, RenderOptions(history="keep"))
+    assert decoded_trained(tokenizer, keep) == [
+        "<think>\nr\n</think>\nb<|eot_id|>",
+        "<think>\ns\n</think>\nd<|eot_id|>",
+    ]
+    expanded = render_all(conv, tokenizer, RenderOptions(history="expand"))
+    assert [decoded_trained(tokenizer, s) for s in expanded] == [
+        ["<think>\nr\n</think>\nb<|eot_id|>"],
+        ["<think>\ns\n</think>\nd<|eot_id|>"],
+    ]
+    # The second expanded sample's history is the inference-time one: reasoning of turn 1 stripped.
+    assert "<think>\nr\n" not in expanded[1].text
+    assert expanded[1].input_ids == render(conv, tokenizer, RenderOptions()).input_ids
+
+
+def test_tool_reply_is_one_trained_reply_under_last(tokenizer):
+    s = run(TOOL)
+    assert decoded_trained(tokenizer, s) == [
+        '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|eot_id|>',
+        "Done<|eot_id|>",
+    ]
+    assert len(expand_history(conversation_from_openai(TOOL))) == 1
+
+
+SHOWCASE_ROWS = [PLAIN, REASONING, TOOL, MULTI]
+
+
+@pytest.mark.parametrize("history", ["last", "keep"])
+@pytest.mark.parametrize("thinking", [False, True])
+@pytest.mark.parametrize("row", SHOWCASE_ROWS, ids=["plain", "reasoning", "tool", "multi"])
+def test_apply_chat_template_reproduces_ids_and_mask(tokenizer, row, thinking, history):
+    """TRL's assistant_only_loss path (return_assistant_tokens_mask) gives exactly our labels."""
+    s = run(row, thinking=thinking, history=history)
+    conv = conversation_from_openai(row)
+    from data_recipes.messages import to_template_messages
+
+    out = tokenizer.apply_chat_template(
+        to_template_messages(conv),
+        tools=list(conv.tools) or None,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        thinking=thinking,
+        keep_cots=history == "keep",
+    )
+    assert out["input_ids"] == s.input_ids
+    assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in s.labels]
+
+
+def test_string_arguments_round_trip_through_raw_openai_messages(tokenizer):
+    """A raw OpenAI row (arguments as a JSON string) through apply_chat_template renders like our dict form."""
+    raw = json.loads(json.dumps(TOOL))
+    raw["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"x": 1}'
+    ids = tokenizer.apply_chat_template(raw["messages"], tools=raw["tools"], tokenize=True, return_dict=False)
+    assert ids == run(TOOL).input_ids
