@@ -69,7 +69,9 @@ class RenderedSample:
 
 
 def template_kwargs(options: RenderOptions) -> dict:
-    return {"thinking": options.thinking, "keep_cots": options.history == "keep"}
+    """The chat-template variables that reproduce this policy with ``apply_chat_template``."""
+    keep = options.history == "keep"
+    return {"thinking": options.thinking, "keep_cots": keep, "last_reply_only": not keep}
 
 
 def render_text(
@@ -229,6 +231,15 @@ def check_invariants(
             raise SampleError(
                 "prefix_mismatch", f"the inference prompt for message {turn} is not a token prefix", origin
             )
+
+
+def trained_runs(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` token ranges of consecutive trained labels, in order.
+
+    After rendering, run ``k`` is trained turn ``trained_turns(conv, options)[k]`` (turns are
+    separated by masked headers, so two turns never share a run).
+    """
+    return _trained_runs(labels)
 
 
 def _trained_runs(labels: Sequence[int]) -> list[tuple[int, int]]:

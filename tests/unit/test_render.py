@@ -162,6 +162,7 @@ def test_apply_chat_template_reproduces_ids_and_mask(tokenizer, row, thinking, h
         return_assistant_tokens_mask=True,
         thinking=thinking,
         keep_cots=history == "keep",
+        last_reply_only=history != "keep",
     )
     assert out["input_ids"] == s.input_ids
     assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in s.labels]
@@ -173,3 +174,26 @@ def test_string_arguments_round_trip_through_raw_openai_messages(tokenizer):
     raw["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"x": 1}'
     ids = tokenizer.apply_chat_template(raw["messages"], tools=raw["tools"], tokenize=True, return_dict=False)
     assert ids == run(TOOL).input_ids
+
+
+def test_template_default_marks_every_turn_rendered_as_generated(tokenizer):
+    """Plain apply_chat_template / TRL default: history turns are trained unless their reasoning was
+    stripped (training a stripped turn would teach answering without thinking)."""
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "plain history"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "reasoning_content": "hidden", "content": "stripped history"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "reasoning_content": "shown", "content": "final"},
+    ]
+    out = tokenizer.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    trained = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
+    assert trained == "plain history<|eot_id|><think>\nshown\n</think>\nfinal<|eot_id|>"
+    only_last = tokenizer.apply_chat_template(
+        msgs, return_dict=True, return_assistant_tokens_mask=True, last_reply_only=True
+    )
+    assert tokenizer.decode([t for t, m in zip(ids, only_last["assistant_masks"], strict=True) if m]) == (
+        "<think>\nshown\n</think>\nfinal<|eot_id|>"
+    )

@@ -121,6 +121,7 @@ def test_invariants_hold_for_generated_conversations(tokenizer, row, thinking, h
         out = tokenizer.apply_chat_template(
             to_template_messages(conv), tools=list(conv.tools) or None, return_dict=True,
             return_assistant_tokens_mask=True, thinking=thinking, keep_cots=history == "keep",
+            last_reply_only=history != "keep",
         )  # fmt: skip
         assert out["input_ids"] == final.input_ids
         assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in final.labels]

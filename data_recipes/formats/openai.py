@@ -1,0 +1,39 @@
+"""OpenAI ``messages`` rows: the canonical format; the other formats are translated into it.
+
+A row is ``{"messages": [...], "tools": [...]}``. ``tools`` (and ``messages``) may also be a JSON
+string, which is how they are stored in Arrow so that rows with different tool schemas never get
+null-padded into one struct type. Assistant messages may carry ``reasoning_content`` / ``reasoning``
+and ``tool_calls`` whose ``arguments`` is a dict or a JSON string; ``tool`` messages carry
+``tool_call_id`` / ``name``. The rules live in :func:`data_recipes.messages.conversation_from_openai`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from data_recipes.messages import Conversation, SampleError, conversation_from_openai
+
+
+def maybe_json(value: Any, reason: str, what: str, origin: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return []
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise SampleError(reason, f"{what} is a string but not valid JSON ({err.msg})", origin) from err
+
+
+def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
+    """An OpenAI-format row as a validated :class:`Conversation`."""
+    if "messages" not in row:
+        raise SampleError("no_messages", "format 'openai' needs a 'messages' list", origin)
+    messages = maybe_json(row["messages"], "no_messages", "'messages'", origin)
+    tools = maybe_json(row.get("tools"), "bad_tools", "'tools'", origin) or []
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise SampleError("bad_tools", f"'tools' must be a list, got {type(tools).__name__}", origin)
+    return conversation_from_openai({"messages": messages, "tools": tools}, origin)

@@ -1,0 +1,100 @@
+"""ShareGPT rows: ``{"conversations": [{"from": ..., "value": ...}], "tools": ...}``.
+
+Roles: ``system``, ``human`` (or ``user``), ``gpt`` (or ``assistant``), ``function_call`` (an
+assistant turn whose value is a JSON call ``{"name", "arguments"}`` or a list of them, as in
+LLaMA-Factory), ``observation`` / ``tool`` (a tool result). A ``gpt`` turn directly followed by a
+``function_call`` turn is one assistant message (text, then the calls). A leading inline
+``<think>…</think>`` in a ``gpt`` value becomes reasoning. Anything else is ``unknown_role``.
+
+Rows are translated into OpenAI messages and validated by the same code as the OpenAI format, so all
+three formats obey one set of rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from data_recipes.formats.openai import to_conversation as openai_to_conversation
+from data_recipes.messages import Conversation, SampleError
+
+ROLE_MAP = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "function_call",
+    "observation": "tool",
+    "tool": "tool",
+}
+
+# (value, origin) -> list of OpenAI messages for one turn; the hermes_fc format swaps these in.
+TurnParser = Callable[[str, str], list[dict[str, Any]]]
+
+
+def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
+    if not isinstance(turn, dict):
+        raise SampleError("bad_message", f"turn {i} is {type(turn).__name__}, expected an object", origin)
+    role = turn.get("from", turn.get("role"))
+    if role not in ROLE_MAP:
+        raise SampleError("unknown_role", f"turn {i} has role {role!r} (expected one of {sorted(ROLE_MAP)})", origin)
+    value = turn.get("value", turn.get("content"))
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise SampleError("non_string_content", f"turn {i} value is {type(value).__name__}", origin)
+    return ROLE_MAP[role], value
+
+
+def parse_function_call(value: str, origin: str) -> list[dict[str, Any]]:
+    """A ``function_call`` value (one JSON call or a list of them) as OpenAI ``tool_calls``."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise SampleError("bad_tool_call", f"function_call value is not JSON ({err.msg})", origin) from err
+    calls = calls if isinstance(calls, list) else [calls]
+    return [{"type": "function", "function": call} for call in calls]
+
+
+def plain_turn(role: str, value: str, origin: str) -> list[dict[str, Any]]:
+    if role == "function_call":
+        return [{"role": "assistant", "content": "", "tool_calls": parse_function_call(value, origin)}]
+    return [{"role": role, "content": value}]
+
+
+def conversations_to_messages(
+    turns: Any, origin: str, parse_turn: Callable[[str, str, str], list[dict[str, Any]]] = plain_turn
+) -> list[dict[str, Any]]:
+    """ShareGPT turns as OpenAI messages (a gpt turn + following function_call turn merged)."""
+    if isinstance(turns, str):
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError as err:
+            raise SampleError("no_messages", f"'conversations' is not valid JSON ({err.msg})", origin) from err
+    if not isinstance(turns, list) or not turns:
+        raise SampleError("empty_conversation", "no 'conversations' list (or it is empty)", origin)
+    messages: list[dict[str, Any]] = []
+    for i, turn in enumerate(turns):
+        role, value = _value(turn, i, origin)
+        for msg in parse_turn(role, value, origin):
+            prev = messages[-1] if messages else None
+            if (
+                role == "function_call"
+                and prev is not None
+                and prev["role"] == "assistant"
+                and not prev.get("tool_calls")
+            ):
+                prev["tool_calls"] = msg["tool_calls"]
+                continue
+            messages.append(msg)
+    return messages
+
+
+def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
+    """A ShareGPT row as a validated :class:`Conversation`."""
+    if "conversations" not in row:
+        raise SampleError("no_messages", "format 'sharegpt' needs a 'conversations' list", origin)
+    messages = conversations_to_messages(row["conversations"], origin)
+    return openai_to_conversation({"messages": messages, "tools": row.get("tools")}, origin)
