@@ -166,7 +166,12 @@ def conversation_from_openai(row: dict[str, Any], origin: str = "") -> Conversat
         raise SampleError("empty_conversation", "no 'messages' list (or it is empty)", origin)
     tools = row.get("tools") or []
     if isinstance(tools, str):
-        tools = json.loads(tools) if tools.strip() else []
+        try:
+            tools = json.loads(tools) if tools.strip() else []
+        except json.JSONDecodeError as err:
+            raise SampleError("bad_tools", f"'tools' is not valid JSON ({err.msg})", origin) from err
+    if not isinstance(tools, list):
+        raise SampleError("bad_tools", f"'tools' must be a list, got {type(tools).__name__}", origin)
     conv = Conversation(
         messages=tuple(message_from_openai(m, origin) for m in raw_messages),
         tools=tuple(_tool_schema(t, origin) for t in tools),

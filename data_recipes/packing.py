@@ -131,7 +131,7 @@ def ffd_pack(lengths: np.ndarray | list[int], capacity: int) -> PackPlan:
     if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
         raise ValueError(f"item lengths must be in [1, {capacity}]; got [{lengths.min()}, {lengths.max()}]")
     order = np.lexsort((np.arange(len(lengths)), -lengths))  # longest first, ties by index
-    sizes, group_starts, counts = np.unique(-lengths[order], return_index=True, return_counts=True)
+    sizes, counts = np.unique(-lengths[order], return_counts=True)
     tree = _FreeSpaceTree(max(16, int(lengths.sum()) // capacity + 1))
     free: list[int] = []  # free space per opened bin (mirrors the tree leaves)
     seg_bins: list[int] = []  # each segment: `seg_counts[k]` consecutive items of `order` go to one bin
@@ -174,7 +174,9 @@ def shuffle_rows(plan: PackPlan, seed: int | list[int]) -> PackPlan:
     starts = plan.row_offsets[:-1][perm]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     items = plan.items[np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], sizes)]
-    return PackPlan(items=items, row_offsets=offsets, row_tokens=plan.row_tokens[perm], capacity=plan.capacity)
+    return PackPlan(
+        items=items, row_offsets=offsets, row_tokens=plan.row_tokens[perm], capacity=plan.capacity
+    )
 
 
 def next_fit_pack(lengths: np.ndarray | list[int], capacity: int) -> PackPlan:

@@ -27,12 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from data_recipes.messages import Conversation, Message, SampleError, to_template_messages
-from data_recipes.tokenizer import BOS, BOS_ID, EOT, chat_template_text
+from data_recipes.template_engine import render_with_spans
+from data_recipes.tokenizer import BOS, BOS_ID, EOT
 
 IGNORE_INDEX = -100
 HistoryPolicy = Literal["last", "expand", "keep"]
@@ -79,18 +80,15 @@ def render_text(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The template's rendering of ``conv`` and its generation (trained) character spans."""
     try:
-        rendered, indices = render_jinja_template(
-            conversations=[to_template_messages(conv)],
+        return render_with_spans(
+            messages=to_template_messages(conv),
             tools=list(conv.tools) or None,
-            chat_template=chat_template_text(),
-            return_assistant_tokens_mask=True,
             add_generation_prompt=add_generation_prompt,
             bos_token=BOS,
             **template_kwargs(options),
         )
     except TemplateError as err:
         raise SampleError("template_error", str(err), conv.origin) from err
-    return rendered[0], [tuple(span) for span in indices[0]]
 
 
 def label_tokens(
@@ -100,17 +98,24 @@ def label_tokens(
     origin: str,
 ) -> list[int]:
     """Labels for tokens whose character range lies inside a span; a token across a span edge is an error."""
-    labels = [IGNORE_INDEX] * len(input_ids)
-    k = 0
-    for i, (start, end) in enumerate(offsets):
-        while k < len(spans) and spans[k][1] <= start:
-            k += 1
-        if k == len(spans) or end <= spans[k][0] or start == end:
-            continue
-        if start < spans[k][0] or end > spans[k][1]:
-            raise SampleError("span_boundary_in_token", f"token {i} crosses a trained-span edge", origin)
-        labels[i] = input_ids[i]
-    return labels
+    ids = np.asarray(input_ids, dtype=np.int64)
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    if not spans or not len(ids):
+        return labels.tolist()
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    span_arr = np.asarray(spans, dtype=np.int64)
+    # The span that could hold each token: the last one starting at or before the token's end - 1.
+    k = np.searchsorted(span_arr[:, 0], off[:, 1] - 1, side="right") - 1
+    valid = (k >= 0) & (off[:, 1] > off[:, 0])
+    lo, hi = span_arr[np.clip(k, 0, None), 0], span_arr[np.clip(k, 0, None), 1]
+    overlaps = valid & (off[:, 0] < hi) & (off[:, 1] > lo)
+    inside = overlaps & (off[:, 0] >= lo) & (off[:, 1] <= hi)
+    if (bad := np.flatnonzero(overlaps & ~inside)).size:
+        raise SampleError(
+            "span_boundary_in_token", f"token {int(bad[0])} crosses a trained-span edge", origin
+        )
+    labels[inside] = ids[inside]
+    return labels.tolist()
 
 
 def trained_turns(conv: Conversation, options: RenderOptions) -> list[int]:
@@ -151,33 +156,35 @@ def expand_history(conv: Conversation) -> list[Conversation]:
 def render_batch(
     convs: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
 ) -> list[RenderedSample | SampleError]:
-    """Render many conversations at once (one batched tokenizer call). ``expand`` is not applied here."""
+    """Render many conversations at once (batched tokenizer calls). ``expand`` is not applied here."""
     policy = replace(options, history="last") if options.history == "expand" else options
-    results: list[RenderedSample | SampleError] = []
-    texts: list[str] = []
-    pending: list[tuple[int, Conversation, list[tuple[int, int]]]] = []
+    results: list[RenderedSample | SampleError | None] = []
+    rendered: list[tuple[int, Conversation, str, list[tuple[int, int]]]] = []
     for conv in convs:
         try:
             text, spans = render_text(conv, policy)
+            rendered.append((len(results), conv, text, spans))
         except SampleError as err:
             results.append(err)
             continue
-        pending.append((len(results), conv, spans))
-        results.append(None)  # type: ignore[arg-type]
-        texts.append(text)
-    if texts:
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    for j, (slot, conv, spans) in enumerate(pending):
+        results.append(None)
+    backend = tokenizer.backend_tokenizer
+    encodings = backend.encode_batch([text for _, _, text, _ in rendered], add_special_tokens=False)
+    checked: list[tuple[int, Conversation, RenderedSample]] = []
+    for (slot, conv, text, spans), enc in zip(rendered, encodings, strict=True):
         try:
-            ids = enc["input_ids"][j]
-            labels = label_tokens(ids, enc["offset_mapping"][j], spans, conv.origin)
-            sample = RenderedSample(ids, labels, texts[j], conv.origin, spans)
-            if options.check:
-                check_invariants(sample, conv, tokenizer, policy)
+            ids = enc.ids
+            sample = RenderedSample(
+                ids, label_tokens(ids, enc.offsets, spans, conv.origin), text, conv.origin, spans
+            )
             results[slot] = sample
+            checked.append((slot, conv, sample))
         except SampleError as err:
             results[slot] = err
-    return results
+    if options.check:
+        for slot, err in _check_batch(checked, tokenizer, policy):
+            results[slot] = err
+    return results  # type: ignore[return-value]
 
 
 def render(conv: Conversation, tokenizer: PreTrainedTokenizerBase, options: RenderOptions) -> RenderedSample:
@@ -199,38 +206,62 @@ def render_all(
 def check_invariants(
     sample: RenderedSample, conv: Conversation, tokenizer: PreTrainedTokenizerBase, options: RenderOptions
 ) -> None:
-    """Raise :class:`SampleError` unless every sample invariant holds.
+    """Raise :class:`SampleError` unless every sample invariant holds (see :func:`_check_batch`)."""
+    for _, err in _check_batch([(0, conv, sample)], tokenizer, options):
+        raise err
+
+
+def _check_batch(
+    items: Sequence[tuple[int, Conversation, RenderedSample]],
+    tokenizer: PreTrainedTokenizerBase,
+    options: RenderOptions,
+) -> list[tuple[int, SampleError]]:
+    """The per-sample invariants, with one batched decode and one batched encode for all samples.
 
     The ids come from tokenizing the whole rendered text once, and :func:`label_tokens` has already
     refused tokens that straddle a span edge, so "tokenizing the whole text gives the renderer's ids"
-    holds by construction; the checks below cover the rest.
+    holds by construction. Checked here: a single BOS at 0; at least one trained token; decoded
+    trained runs equal :func:`assistant_body` (an independent statement of the format) + EOT; every
+    trained turn's inference prompt (history + generation prompt) is a token prefix of the render.
     """
-    ids, origin = sample.input_ids, conv.origin
-    if not ids or ids[0] != BOS_ID or ids.count(BOS_ID) != 1:
-        raise SampleError(
-            "bos_invariant",
-            f"expected one <|begin_of_text|> at position 0, found {ids.count(BOS_ID)}",
-            origin,
-        )
-    runs = _trained_runs(sample.labels)
-    if not runs:
-        raise SampleError("no_trained_tokens", "no assistant token is trained", origin)
-    turns = trained_turns(conv, options)
-    expected = [assistant_body(conv.messages[i]) + EOT for i in turns]
-    decoded = [tokenizer.decode(ids[a:b], skip_special_tokens=False) for a, b in runs]
-    if decoded != expected:
-        raise SampleError(
-            "trained_span_mismatch", f"decoded trained spans {decoded!r} != {expected!r}", origin
-        )
-    history = [replace(conv, messages=conv.messages[:i]) for i in turns]
-    prompts = [render_text(h, options, add_generation_prompt=True)[0] for h in history]
-    for turn, prompt_ids in zip(
-        turns, tokenizer(prompts, add_special_tokens=False)["input_ids"], strict=True
-    ):
-        if ids[: len(prompt_ids)] != prompt_ids:
-            raise SampleError(
-                "prefix_mismatch", f"the inference prompt for message {turn} is not a token prefix", origin
+    failures: list[tuple[int, SampleError]] = []
+    runs_of, prompts, owners, decode_jobs = {}, [], [], []
+    for slot, conv, sample in items:
+        ids, origin = sample.input_ids, conv.origin
+        n_bos = ids.count(BOS_ID)
+        if not ids or ids[0] != BOS_ID or n_bos != 1:
+            failures.append(
+                (slot, SampleError("bos_invariant", f"expected one BOS at position 0, found {n_bos}", origin))
             )
+            continue
+        runs = _trained_runs(sample.labels)
+        if not runs:
+            failures.append((slot, SampleError("no_trained_tokens", "no assistant token is trained", origin)))
+            continue
+        runs_of[slot] = runs
+        decode_jobs += [ids[a:b] for a, b in runs]
+        for turn in trained_turns(conv, options):
+            history = replace(conv, messages=conv.messages[:turn])
+            prompts.append(render_text(history, options, add_generation_prompt=True)[0])
+            owners.append((slot, turn))
+    decoded = iter(tokenizer.backend_tokenizer.decode_batch(decode_jobs, skip_special_tokens=False))
+    prompt_ids = tokenizer.backend_tokenizer.encode_batch(prompts, add_special_tokens=False)
+    by_slot = {slot: (conv, sample) for slot, conv, sample in items}
+    for slot, runs in runs_of.items():
+        conv, _ = by_slot[slot]
+        got = [next(decoded) for _ in runs]
+        expected = [assistant_body(conv.messages[i]) + EOT for i in trained_turns(conv, options)]
+        if got != expected:
+            detail = f"decoded trained spans {got!r} != {expected!r}"
+            failures.append((slot, SampleError("trained_span_mismatch", detail, conv.origin)))
+    failed = {slot for slot, _ in failures}
+    for (slot, turn), enc in zip(owners, prompt_ids, strict=True):
+        conv, sample = by_slot[slot]
+        if slot not in failed and sample.input_ids[: len(enc.ids)] != enc.ids:
+            detail = f"the inference prompt for message {turn} is not a token prefix"
+            failures.append((slot, SampleError("prefix_mismatch", detail, conv.origin)))
+            failed.add(slot)
+    return failures
 
 
 def trained_runs(labels: Sequence[int]) -> list[tuple[int, int]]:

@@ -19,6 +19,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -82,8 +83,9 @@ def llama31_special_tokens() -> list[str]:
     return names
 
 
+@lru_cache(maxsize=1)
 def chat_template_text() -> str:
-    """The chat template, byte for byte as shipped."""
+    """The chat template, byte for byte as shipped (read once per process)."""
     return TEMPLATE_PATH.read_text(encoding="utf-8")
 
 

@@ -39,7 +39,9 @@ def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
         raise SampleError("bad_message", f"turn {i} is {type(turn).__name__}, expected an object", origin)
     role = turn.get("from", turn.get("role"))
     if role not in ROLE_MAP:
-        raise SampleError("unknown_role", f"turn {i} has role {role!r} (expected one of {sorted(ROLE_MAP)})", origin)
+        raise SampleError(
+            "unknown_role", f"turn {i} has role {role!r} (expected one of {sorted(ROLE_MAP)})", origin
+        )
     value = turn.get("value", turn.get("content"))
     if value is None:
         value = ""
@@ -72,7 +74,9 @@ def conversations_to_messages(
         try:
             turns = json.loads(turns)
         except json.JSONDecodeError as err:
-            raise SampleError("no_messages", f"'conversations' is not valid JSON ({err.msg})", origin) from err
+            raise SampleError(
+                "no_messages", f"'conversations' is not valid JSON ({err.msg})", origin
+            ) from err
     if not isinstance(turns, list) or not turns:
         raise SampleError("empty_conversation", "no 'conversations' list (or it is empty)", origin)
     messages: list[dict[str, Any]] = []

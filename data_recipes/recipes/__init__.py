@@ -84,7 +84,9 @@ def require_reasoning(conv: Conversation, policy: str) -> list[int]:
     turns = trained(conv, policy)
     for i in turns:
         if not conv.messages[i].reasoning:
-            raise SampleError("missing_reasoning", f"trained assistant message {i} has no <think> block", conv.origin)
+            raise SampleError(
+                "missing_reasoning", f"trained assistant message {i} has no <think> block", conv.origin
+            )
     return turns
 
 

@@ -16,11 +16,16 @@ from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
 
 
 def prepare(
-    conv: Conversation, options: RecipeOptions, policy: Literal["last", "keep"], tokenizer: PreTrainedTokenizerBase
+    conv: Conversation,
+    options: RecipeOptions,
+    policy: Literal["last", "keep"],
+    tokenizer: PreTrainedTokenizerBase,
 ) -> Prepared:
     for i in trained(conv, policy):
         if conv.messages[i].reasoning:
             raise SampleError(
-                "unexpected_reasoning", f"trained assistant message {i} has reasoning in a plain source", conv.origin
+                "unexpected_reasoning",
+                f"trained assistant message {i} has reasoning in a plain source",
+                conv.origin,
             )
     return Prepared(conv, thinking_flag(conv, options, default=False), policy)

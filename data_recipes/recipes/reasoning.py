@@ -17,7 +17,10 @@ from data_recipes.recipes import Prepared, RecipeOptions, require_reasoning, thi
 
 
 def prepare(
-    conv: Conversation, options: RecipeOptions, policy: Literal["last", "keep"], tokenizer: PreTrainedTokenizerBase
+    conv: Conversation,
+    options: RecipeOptions,
+    policy: Literal["last", "keep"],
+    tokenizer: PreTrainedTokenizerBase,
 ) -> Prepared:
     require_reasoning(conv, policy)
     return Prepared(conv, thinking_flag(conv, options, default=True), policy)

@@ -90,3 +90,10 @@ def test_tool_results_answer_calls_by_id_in_any_order(tokenizer):
         ],
     }
     assert render(conversation_from_openai(row), tokenizer, RenderOptions()).num_trained > 0
+
+
+@pytest.mark.parametrize("tools", ['[{"type": "function"', '{"name": "f"}', "[42]"])
+def test_bad_tools_field(tools):
+    with pytest.raises(SampleError) as info:
+        conversation_from_openai({"messages": [U, A], "tools": tools}, "t.jsonl:1")
+    assert info.value.reason == "bad_tools"

@@ -1,0 +1,317 @@
+"""``hermes-sft data build``: mixture config → packed, tokenized ``datasets`` folder + manifest.
+
+Stages (all intermediate data lives in Arrow files on disk, so memory stays bounded by batch sizes
+plus a few numpy columns of one number per sample):
+
+1. **read**: every source streams ``(origin, json_text)`` rows into one Arrow file (text, so mixed
+   schemas are never null-padded); each source's rows are counted and hashed;
+2. **render**: ``datasets.map`` with ``num_proc`` workers runs :func:`data_recipes.pipeline.process_batch`
+   (normalize → recipe → render → label rules), one record per sample, failures included;
+3. **select**: drops (worker errors, length filters, too few trained tokens, exact duplicates) are
+   decided on numpy columns, every sample gets exactly one fate, so
+   ``num_samples_in == num_samples_kept + sum(dropped)`` holds per source and in total; then the
+   seeded mixture (weights / counts) and the per-source validation split;
+4. **pack**: global FFD (:mod:`data_recipes.packing`) per split, rows shuffled with the seed;
+5. **write**: rows are assembled with vectorised Arrow takes (no per-token Python), saved with
+   ``DatasetDict.save_to_disk`` into a temporary folder that is renamed to ``--out`` when complete,
+   with ``manifest.json`` (see ``docs/architecture.md`` and :mod:`data_recipes.manifest`).
+
+Counting: an *input* is a raw row; a *sample* is what gets rendered. They differ only under
+``history: expand``, where one input yields one sample per reply (an input that fails before it is
+split counts as one sample). The manifest reports both (``num_inputs``, ``num_samples_in``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from data_recipes.mixture import MixtureConfig, sample_counts, split_validation
+from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
+from data_recipes.pipeline import SourceRules, WorkerContext, process_batch
+from data_recipes.sources import SourceSpec, iter_rows, resolve
+
+RAW_SCHEMA = pa.schema([("source", pa.int32()), ("origin", pa.string()), ("raw", pa.large_string())])
+PACKED_SCHEMA = pa.schema(
+    [(c, pa.list_(pa.int32())) for c in ("input_ids", "labels", "position_ids", "seq_lengths")]
+)
+RAW_BATCH_ROWS = 2048
+MAP_BATCH_ROWS = 128
+WRITE_BATCH_ROWS = 256
+
+
+@dataclass
+class BuildResult:
+    manifest: dict[str, Any]
+    out_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_num_proc() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool) -> list[SourceSpec]:
+    """Every source readable, the output folder free: checked before any work starts."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out_dir}: folder exists and is not empty (pass --overwrite to replace it)")
+    return [resolve(s.path, s.hub, s.split, s.subset) for s in cfg.sources]
+
+
+def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[dict[str, Any]]:
+    """Stage 1: stream every source's rows into one Arrow file; returns per-source input stats."""
+    stats = []
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, RAW_SCHEMA) as writer:
+        for i, spec in enumerate(specs):
+            digest, n = hashlib.sha256(), 0
+            origins: list[str] = []
+            raws: list[str] = []
+            for origin, raw in tqdm(
+                iter_rows(spec), desc=f"read {spec.display}", unit=" rows", disable=not progress
+            ):
+                digest.update(raw.encode("utf-8", errors="surrogatepass"))
+                origins.append(origin)
+                raws.append(raw)
+                n += 1
+                if len(raws) == RAW_BATCH_ROWS:
+                    _write_raw(writer, i, origins, raws)
+                    origins, raws = [], []
+            _write_raw(writer, i, origins, raws)
+            stats.append({"num_inputs": n, "content_hash": digest.hexdigest()[:16]})
+    return stats
+
+
+def _write_raw(
+    writer: pa.ipc.RecordBatchStreamWriter, source: int, origins: list[str], raws: list[str]
+) -> None:
+    if origins:
+        columns = [
+            pa.array([source] * len(origins), pa.int32()),
+            pa.array(origins),
+            pa.array(raws, pa.large_string()),
+        ]
+        writer.write_batch(pa.record_batch(columns, schema=RAW_SCHEMA))
+
+
+def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int, progress: bool):
+    """Stage 2: the parallel map from raw rows to sample records (a memory-mapped Dataset)."""
+    import datasets
+
+    from data_recipes.pipeline import RECORD_COLUMNS
+
+    features = datasets.Features(
+        {
+            "source": datasets.Value("int32"),
+            "origin": datasets.Value("string"),
+            "format": datasets.Value("string"),
+            "error": datasets.Value("string"),
+            "detail": datasets.Value("string"),
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "labels": datasets.List(datasets.Value("int32")),
+            "length": datasets.Value("int32"),
+            "num_trained": datasets.Value("int32"),
+            "cut": datasets.Value("bool"),
+            "digest_hi": datasets.Value("int64"),
+            "digest_lo": datasets.Value("int64"),
+        }
+    )
+    assert list(features) == list(RECORD_COLUMNS)
+    ctx = WorkerContext(
+        sources=tuple(SourceRules(s.format, s.recipe or "", s.options) for s in cfg.sources),
+        history=cfg.history,
+        tokenizer=cfg.tokenizer,
+        check=cfg.check,
+    )
+    raw = datasets.Dataset.from_file(str(raw_path))
+    return raw.map(
+        process_batch,
+        batched=True,
+        batch_size=MAP_BATCH_ROWS,
+        num_proc=num_proc if num_proc > 1 and len(raw) > MAP_BATCH_ROWS else None,
+        remove_columns=raw.column_names,
+        features=features,
+        fn_kwargs={"ctx": ctx},
+        cache_file_name=str(work / "samples.arrow"),
+        load_from_cache_file=False,
+        new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
+        desc="render + tokenize",
+    )
+
+
+@dataclass
+class Selection:
+    """Stage 3 result: the fate of every sample record and the chosen train / validation items."""
+
+    reason: np.ndarray  # object array, "" = kept
+    train: np.ndarray  # record indices, with repeats
+    validation: np.ndarray
+    selected: np.ndarray  # distinct record indices selected by the mixture
+
+
+def decide_drops(cfg: MixtureConfig, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Each record's drop reason ("" = kept): worker errors, length filters, trained tokens, duplicates."""
+    reason = cols["error"].copy()
+    ok = reason == ""
+    rules = [
+        (cols["length"] > cfg.max_tokens, "too_long"),
+        (cols["length"] < cfg.min_tokens, "too_short"),
+        (cols["num_trained"] == 0, "no_trained_tokens"),
+        (cols["num_trained"] < cfg.min_trained_tokens, "too_few_trained"),
+    ]
+    for hit, name in rules:
+        mask = ok & hit
+        reason[mask] = name
+        ok &= ~mask
+    if cfg.dedup and ok.any():
+        kept = np.flatnonzero(ok)
+        keys = np.stack([cols["digest_hi"][kept], cols["digest_lo"][kept]], axis=1)
+        _, first = np.unique(keys, axis=0, return_index=True)
+        dup = np.ones(len(kept), dtype=bool)
+        dup[first] = False
+        reason[kept[dup]] = "duplicate"
+    return reason
+
+
+def select(cfg: MixtureConfig, cols: dict[str, np.ndarray]) -> Selection:
+    reason = decide_drops(cfg, cols)
+    kept = reason == ""
+    train, val, selected = [], [], []
+    for s, src in enumerate(cfg.sources):
+        pool = np.flatnonzero(kept & (cols["source"] == s))
+        counts = sample_counts(len(pool), src, np.random.default_rng([cfg.seed, s, 0]))
+        chosen, reps = pool[counts > 0], counts[counts > 0]
+        is_train, is_val = split_validation(
+            chosen, cfg.validation_fraction, np.random.default_rng([cfg.seed, s, 1])
+        )
+        train.append(np.repeat(chosen[is_train], reps[is_train]))
+        val.append(chosen[is_val])
+        selected.append(chosen)
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return Selection(reason=reason, train=cat(train), validation=cat(val), selected=cat(selected))
+
+
+def pack_split(
+    items: np.ndarray, lengths: np.ndarray, cfg: MixtureConfig, salt: int
+) -> tuple[PackPlan, np.ndarray]:
+    """Stage 4: FFD plan over the split's items; returns the (shuffled) plan and record index per slot."""
+    plan = shuffle_rows(ffd_pack(lengths[items], cfg.max_seq_len), [cfg.seed, 2, salt])
+    return plan, items[plan.items]
+
+
+def packed_batches(
+    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray
+) -> Iterator[pa.RecordBatch]:
+    """Stage 5: packed rows as Arrow record batches, built with takes and offsets (no per-token loop)."""
+    ids_col, labels_col = samples.data.column("input_ids"), samples.data.column("labels")
+    for first in range(0, plan.num_rows, WRITE_BATCH_ROWS):
+        last = min(first + WRITE_BATCH_ROWS, plan.num_rows)
+        lo, hi = plan.row_offsets[first], plan.row_offsets[last]
+        rec = records[lo:hi]
+        lens = lengths[rec].astype(np.int64)
+        row_samples = plan.row_offsets[first : last + 1] - lo
+        token_offsets = np.concatenate([[0], np.cumsum(lens)])[row_samples].astype(np.int32)
+        take = pa.array(rec, pa.int64())
+        ids = pa.concat_arrays(ids_col.take(take).chunks).flatten()
+        labels = pa.concat_arrays(labels_col.take(take).chunks).flatten()
+        starts = np.repeat(np.cumsum(lens) - lens, lens)
+        positions = (np.arange(int(lens.sum())) - starts).astype(np.int32)
+        columns = [
+            pa.ListArray.from_arrays(token_offsets, ids),
+            pa.ListArray.from_arrays(token_offsets, labels),
+            pa.ListArray.from_arrays(token_offsets, pa.array(positions)),
+            pa.ListArray.from_arrays(row_samples.astype(np.int32), pa.array(lens.astype(np.int32))),
+        ]
+        yield pa.record_batch(columns, schema=PACKED_SCHEMA)
+
+
+def write_split(
+    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray, path: Path, progress: bool
+):
+    import datasets
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as writer:
+        writer.write_table(PACKED_SCHEMA.empty_table())
+        total = -(-plan.num_rows // WRITE_BATCH_ROWS)
+        for batch in tqdm(packed_batches(samples, plan, records, lengths), total=total, desc=f"write {path.stem}",
+                          unit=" chunks", disable=not progress):  # fmt: skip
+            writer.write_batch(batch)
+    return datasets.Dataset.from_file(str(path))
+
+
+def build(
+    cfg: MixtureConfig,
+    out_dir: str | Path,
+    *,
+    num_proc: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Run the whole build; raises ``ValueError`` for user errors (bad source, ``--strict`` drops)."""
+    import datasets
+
+    from data_recipes import manifest as mf
+    from data_recipes.pipeline import get_tokenizer
+
+    out = Path(out_dir)
+    specs = preflight(cfg, out, overwrite)
+    tokenizer = get_tokenizer(cfg.tokenizer)  # fails early on a bad tokenizer path
+    num_proc = num_proc or default_num_proc()
+    staging = out.with_name(out.name + f".tmp-{os.getpid()}")
+    work = staging / ".work"
+    if staging.exists():
+        shutil.rmtree(staging)
+    work.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    bars_were_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        t = time.perf_counter()
+        inputs = read_sources(specs, work / "raw.arrow", progress)
+        timings["read_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
+        timings["render_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cols = mf.columns(samples)
+        sel = select(cfg, cols)
+        mf.enforce(cfg, sel.reason, cols, samples, strict)
+        splits, plans = {}, {}
+        for salt, (name, items) in enumerate((("train", sel.train), ("validation", sel.validation))):
+            plans[name] = pack_split(items, cols["length"], cfg, salt)
+        timings["select_pack_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for name, (plan, records) in plans.items():
+            splits[name] = write_split(
+                samples, plan, records, cols["length"], work / f"{name}.arrow", progress
+            )
+        empty = {name: 1 for name, split in splits.items() if len(split) == 0}  # one (empty) shard, loadable
+        datasets.DatasetDict(splits).save_to_disk(str(staging), num_shards=empty)
+        timings["write_s"] = time.perf_counter() - t
+        manifest = mf.make_manifest(
+            cfg, specs, inputs, cols, sel, plans, samples, tokenizer, num_proc, timings
+        )
+        mf.write_manifest(manifest, staging / "manifest.json")
+        del samples, splits
+        shutil.rmtree(work)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    return BuildResult(manifest=manifest, out_dir=out, timings=timings)

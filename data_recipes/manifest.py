@@ -1,0 +1,205 @@
+"""The build manifest (``DATASET_DIR/manifest.json``): accounting, per-source counters, hashes; and
+its rendering as tables (``hermes-sft data build`` summary, ``hermes-sft data stats``).
+
+Accounting identities (checked with ``assert`` before the manifest is written):
+
+* ``num_samples_in == num_samples_kept + sum(dropped.values())``, in total and per source;
+* ``num_samples_in == num_inputs`` unless ``history: expand`` (one input → one sample per reply);
+* ``num_samples_out`` counts samples in the packed dataset with mixture repeats (train + validation);
+  ``num_samples_selected`` counts the distinct kept samples the mixture chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_recipes.config_io import to_dict
+from data_recipes.mixture import MixtureConfig, config_hash
+from data_recipes.tokenizer import template_fingerprint, tokenizer_fingerprint
+
+FORMAT_VERSION = 1
+MAX_EXAMPLES = 5
+
+
+def columns(samples) -> dict[str, np.ndarray]:
+    """The per-sample columns selection needs, as numpy arrays (no token lists)."""
+    table = samples.data
+    out = {}
+    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut"):
+        out[name] = table.column(name).to_numpy()
+    for name in ("error", "format"):
+        out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
+    return out
+
+
+def _examples(idx: np.ndarray, samples, limit: int = MAX_EXAMPLES) -> tuple[list[str], list[str]]:
+    import pyarrow as pa
+
+    take = pa.array(idx[:limit], pa.int64())
+    origins = samples.data.column("origin").take(take).to_pylist()
+    details = samples.data.column("detail").take(take).to_pylist()
+    return origins, [f"{o}: {d}" if d else o for o, d in zip(origins, details, strict=True)]
+
+
+def drop_summary(reason: np.ndarray, samples, mask: np.ndarray | None = None) -> dict[str, Any]:
+    """``dropped`` (reason → count), ``drop_examples`` (reason → first origins), ``drop_details``."""
+    sel = reason if mask is None else reason[mask]
+    where = np.arange(len(reason)) if mask is None else np.flatnonzero(mask)
+    dropped, examples, details = {}, {}, {}
+    for name in sorted(set(sel.tolist()) - {""}):
+        idx = where[sel == name]
+        dropped[name] = len(idx)
+        examples[name], details[name] = _examples(idx, samples)
+    return {"dropped": dropped, "drop_examples": examples, "drop_details": details}
+
+
+def enforce(
+    cfg: MixtureConfig, reason: np.ndarray, cols: dict[str, np.ndarray], samples, strict: bool
+) -> None:
+    """``overlong: error`` and ``--strict`` turn drops into a ``ValueError`` that lists them."""
+    if strict:
+        limited, why = reason != "", "--strict"
+    elif cfg.overlong == "error":
+        limited, why = reason == "too_long", "overlong: error"
+    else:
+        return
+    if not limited.any():
+        return
+    summary = drop_summary(np.where(limited, reason, ""), samples)
+    lines = [
+        f"  {name}: {n} (first: {'; '.join(summary['drop_details'][name][:3])})"
+        for name, n in summary["dropped"].items()
+    ]
+    raise ValueError(f"{why}: {int(limited.sum())} sample(s) would be dropped:\n" + "\n".join(lines))
+
+
+def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
+    tokens = int(cols["length"][records].sum())
+    return {
+        "num_rows": plan.num_rows,
+        "num_samples": len(records),
+        "num_tokens": tokens,
+        "num_trained_tokens": int(cols["num_trained"][records].sum()),
+        "packing_efficiency": tokens / (plan.num_rows * max_seq_len) if plan.num_rows else 1.0,
+    }
+
+
+def _per_source(cfg, specs, inputs, cols, sel, samples) -> dict[str, Any]:
+    out_items = np.concatenate([sel.train, sel.validation])
+    n = len(cfg.sources)
+    tokens = np.bincount(cols["source"][out_items], weights=cols["length"][out_items], minlength=n)
+    trained = np.bincount(cols["source"][out_items], weights=cols["num_trained"][out_items], minlength=n)
+    per = {}
+    for s, (src, spec) in enumerate(zip(cfg.sources, specs, strict=True)):
+        mine = cols["source"] == s
+        kept = mine & (sel.reason == "")
+        formats, fcounts = np.unique(cols["format"][mine].astype(str), return_counts=True)
+        entry = {
+            "location": spec.display, "recipe": src.recipe, "format": src.format,
+            "formats_detected": dict(zip(formats.tolist(), map(int, fcounts), strict=True)),
+            "content_hash": inputs[s]["content_hash"], "num_inputs": inputs[s]["num_inputs"],
+            "num_samples_in": int(mine.sum()), "num_samples_kept": int(kept.sum()),
+            **drop_summary(sel.reason, samples, mine),
+            "num_length_cut": int((kept & cols["cut"]).sum()),
+            "num_samples_selected": int((cols["source"][sel.selected] == s).sum()),
+            "num_samples_out": int((cols["source"][out_items] == s).sum()),
+            "num_validation": int((cols["source"][sel.validation] == s).sum()),
+            "num_tokens": int(tokens[s]), "num_trained_tokens": int(trained[s]),
+        }  # fmt: skip
+        assert entry["num_samples_in"] == entry["num_samples_kept"] + sum(entry["dropped"].values())
+        per[src.label] = entry
+    return per
+
+
+def make_manifest(
+    cfg, specs, inputs, cols, sel, plans, samples, tokenizer, num_proc, timings
+) -> dict[str, Any]:
+    splits = {name: _split_stats(plan, rec, cols, cfg.max_seq_len) for name, (plan, rec) in plans.items()}
+    num_rows = sum(s["num_rows"] for s in splits.values())
+    num_tokens = sum(s["num_tokens"] for s in splits.values())
+    totals = drop_summary(sel.reason, samples)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "max_seq_len": cfg.max_seq_len,
+        "seed": cfg.seed,
+        "history": cfg.history,
+        "tokenizer": cfg.tokenizer,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "template_fingerprint": template_fingerprint(),
+        "config_hash": config_hash(cfg),
+        "num_inputs": sum(i["num_inputs"] for i in inputs),
+        "num_samples_in": len(sel.reason),
+        "num_samples_kept": int((sel.reason == "").sum()),
+        **totals,
+        "num_samples_selected": len(sel.selected),
+        "num_samples_out": len(sel.train) + len(sel.validation),
+        "num_rows": num_rows,
+        "num_tokens": num_tokens,
+        "num_trained_tokens": sum(s["num_trained_tokens"] for s in splits.values()),
+        "packing_efficiency": num_tokens / (num_rows * cfg.max_seq_len) if num_rows else 1.0,
+        "splits": splits,
+        "per_source": _per_source(cfg, specs, inputs, cols, sel, samples),
+        "num_proc": num_proc,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "config": to_dict(cfg),
+    }
+    assert manifest["num_samples_in"] == manifest["num_samples_kept"] + sum(manifest["dropped"].values())
+    return manifest
+
+
+def write_manifest(manifest: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{dataset_dir}: no manifest.json (not a folder written by `hermes-sft data build`)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def tables(manifest: dict[str, Any]) -> list:
+    """Rich tables: overview, per source, drops with their first origins."""
+    from rich.table import Table
+
+    overview = Table(title="dataset", show_header=False)
+    overview.add_column("key", style="bold")
+    overview.add_column("value", justify="right")
+    for key in ("num_inputs", "num_samples_in", "num_samples_kept", "num_samples_selected", "num_samples_out",
+                "num_rows", "num_tokens", "num_trained_tokens"):  # fmt: skip
+        overview.add_row(key, f"{manifest[key]:,}")
+    overview.add_row("dropped", f"{sum(manifest['dropped'].values()):,}")
+    overview.add_row("packing_efficiency", f"{manifest['packing_efficiency']:.4%}")
+    for name, split in manifest["splits"].items():
+        overview.add_row(f"{name} rows / samples", f"{split['num_rows']:,} / {split['num_samples']:,}")
+    overview.add_row(
+        "max_seq_len / seed / history",
+        f"{manifest['max_seq_len']} / {manifest['seed']} / {manifest['history']}",
+    )
+    overview.add_row(
+        "tokenizer / template", f"{manifest['tokenizer_fingerprint']} / {manifest['template_fingerprint']}"
+    )
+    overview.add_row("config_hash", manifest["config_hash"])
+
+    per = Table(title="per source")
+    for col in ("source", "recipe", "in", "kept", "dropped", "out", "val", "tokens", "trained", "cut"):
+        per.add_column(col, justify="left" if col in ("source", "recipe") else "right")
+    for label, s in manifest["per_source"].items():
+        per.add_row(label, s["recipe"], f"{s['num_samples_in']:,}", f"{s['num_samples_kept']:,}",
+                    f"{sum(s['dropped'].values()):,}", f"{s['num_samples_out']:,}", f"{s['num_validation']:,}",
+                    f"{s['num_tokens']:,}", f"{s['num_trained_tokens']:,}", f"{s['num_length_cut']:,}")  # fmt: skip
+
+    drops = Table(title="dropped samples")
+    drops.add_column("reason")
+    drops.add_column("count", justify="right")
+    drops.add_column("first offenders")
+    for reason, count in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]):
+        drops.add_row(reason, f"{count:,}", "\n".join(manifest["drop_details"].get(reason, [])[:3]))
+    return [overview, per, drops] if manifest["dropped"] else [overview, per]

@@ -1,0 +1,153 @@
+"""Raw rows → rendered sample records: the per-batch work the builder runs in parallel.
+
+For each raw row: parse JSON → normalize (:mod:`data_recipes.formats`) → split per reply under
+``expand`` → recipe check (:mod:`data_recipes.recipes`) → render + tokenize (one batched tokenizer
+call per render setting) → post-render label rules → content digest. A row that fails anywhere
+becomes one record with an ``error`` reason and no tokens, so every input is accounted for; a row
+that ``expand`` splits becomes several records.
+
+Everything here is a pure function of the batch and a :class:`WorkerContext`, so ``datasets.map``
+can run it in worker processes (each loads the tokenizer once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import xxhash
+from transformers import PreTrainedTokenizerBase
+
+from data_recipes.formats.detect import detect_format, to_conversation
+from data_recipes.messages import SampleError
+from data_recipes.recipes import Prepared, RecipeOptions, apply_label_rules, prepare
+from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
+
+RECORD_COLUMNS = (
+    "source", "origin", "format", "error", "detail", "input_ids", "labels",
+    "length", "num_trained", "cut", "digest_hi", "digest_lo",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SourceRules:
+    """What the worker needs to know about one source."""
+
+    format: str
+    recipe: str
+    options: RecipeOptions
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    sources: tuple[SourceRules, ...]
+    history: Literal["last", "expand", "keep"]
+    tokenizer: str | None
+    check: bool = True
+
+
+_EMPTY = np.zeros(0, dtype=np.int32)  # typed, so a batch of only failures still has int32 lists
+_TOKENIZERS: dict[str | None, PreTrainedTokenizerBase] = {}
+
+
+def get_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer, loaded once per process."""
+    if path not in _TOKENIZERS:
+        from data_recipes.tokenizer import load_tokenizer
+
+        _TOKENIZERS[path] = load_tokenizer(path)
+    return _TOKENIZERS[path]
+
+
+def _error_record(source: int, origin: str, fmt: str, err: SampleError | Exception) -> dict[str, Any]:
+    if isinstance(err, SampleError):
+        reason, detail = err.reason, err.detail
+    else:  # a bug or an input we did not foresee: counted with its origin, never a crashed build
+        reason, detail = "unexpected_error", f"{type(err).__name__}: {err}"
+    return {
+        "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
+        "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
+    }  # fmt: skip
+
+
+def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> dict[str, Any]:
+    ids = np.asarray(sample.input_ids, dtype=np.int32)
+    labels = np.asarray(sample.labels, dtype=np.int32)
+    digest = xxhash.xxh3_128_intdigest(ids.tobytes() + b"|" + labels.tobytes())
+    hi, lo = digest >> 64, digest & ((1 << 64) - 1)
+    return {
+        "source": source, "origin": sample.origin, "format": fmt, "error": "", "detail": "",
+        "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
+        "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
+    }  # fmt: skip
+
+
+def prepare_row(
+    source: int, origin: str, raw: str, ctx: WorkerContext, tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, list[Prepared | SampleError | Exception]]:
+    """The row's format and one prepared conversation (or error) per sample it yields."""
+    rules = ctx.sources[source]
+    fmt = "unknown" if rules.format == "auto" else rules.format
+    try:
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+        if rules.format == "auto":
+            fmt = detect_format(row, origin)
+        _, conv = to_conversation(row, fmt, origin)
+        convs = expand_history(conv) if ctx.history == "expand" else [conv]
+    except SampleError as err:
+        return fmt, [err]
+    except (AssertionError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        return fmt, [err]
+    policy: Literal["last", "keep"] = "keep" if ctx.history == "keep" else "last"
+    out: list[Prepared | SampleError | Exception] = []
+    for c in convs:
+        try:
+            out.append(prepare(rules.recipe, c, rules.options, policy, tokenizer))
+        except SampleError as err:
+            out.append(err)
+        except AssertionError:
+            raise
+        except Exception as err:
+            out.append(err)
+    return fmt, out
+
+
+def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]:
+    """A batch of raw rows (``source``, ``origin``, ``raw``) as sample records (``RECORD_COLUMNS``)."""
+    tokenizer = get_tokenizer(ctx.tokenizer)
+    slots: list[dict[str, Any] | None] = []
+    pending: dict[tuple[bool, str], list[tuple[int, int, str, Prepared]]] = {}
+    for source, origin, raw in zip(batch["source"], batch["origin"], batch["raw"], strict=True):
+        fmt, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        for item in items:
+            if isinstance(item, Prepared):
+                key = (item.thinking, item.policy)
+                pending.setdefault(key, []).append((len(slots), source, fmt, item))
+                slots.append(None)
+            else:
+                slots.append(_error_record(source, getattr(item, "origin", "") or origin, fmt, item))
+    for (thinking, policy), group in pending.items():
+        options = RenderOptions(thinking=thinking, history=policy, check=ctx.check)
+        results = render_batch([p.conv for *_, p in group], tokenizer, options)
+        for (slot, source, fmt, prep), result in zip(group, results, strict=True):
+            if isinstance(result, SampleError):
+                slots[slot] = _error_record(source, prep.conv.origin, fmt, result)
+                continue
+            sample = apply_label_rules(result, prep)
+            if sample.num_trained == 0:
+                err = SampleError(
+                    "no_trained_tokens", "no token is trained after the label rules", sample.origin
+                )
+                slots[slot] = _error_record(source, sample.origin, fmt, err)
+                continue
+            slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns))
+    records = [r for r in slots if r is not None]
+    assert len(records) == len(slots)
+    return {col: [r[col] for r in records] for col in RECORD_COLUMNS}

@@ -1,0 +1,94 @@
+"""``tool_use``: tools declared in the system turn, calls that name them with object arguments.
+
+Checks, on the whole conversation (history included, since a bad call in the prompt still teaches
+the format by example):
+
+* the row declares tools (``no_tools``);
+* every call names a declared tool (``undeclared_tool``); the normalizer already refused arguments
+  that are not a JSON object (``bad_tool_arguments``);
+* calls written inside the reasoning (interleaved thinking: ``<tool_call>`` … ``<tool_response>``
+  within one ``<think>`` block) are checked the same way, and must be strict JSON since they are
+  trained as written;
+* with ``require_call`` (default), at least one call somewhere (``no_tool_call``).
+
+Tool results are never trained: ``tool`` turns are masked by the template, and results inside a
+reasoning block by :func:`~data_recipes.recipes.mask_inline_tool_responses`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from data_recipes.messages import Conversation, SampleError
+from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
+
+INLINE_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def declared_tools(conv: Conversation) -> set[str]:
+    return {t["function"]["name"] for t in conv.tools}
+
+
+def inline_calls(reasoning: str, origin: str) -> list[tuple[str, Any]]:
+    """``(name, arguments)`` of each ``<tool_call>`` written inside a reasoning block."""
+    if reasoning.count("<tool_call>") != reasoning.count("</tool_call>"):
+        raise SampleError("bad_tool_call", "unbalanced <tool_call> tags inside the reasoning", origin)
+    if reasoning.count("<tool_response>") != reasoning.count("</tool_response>"):
+        raise SampleError("bad_tool_response", "unbalanced <tool_response> tags inside the reasoning", origin)
+    calls = []
+    for block in INLINE_CALL_RE.findall(reasoning):
+        try:
+            call = json.loads(block)
+        except json.JSONDecodeError as err:
+            raise SampleError(
+                "bad_tool_call", f"an interleaved <tool_call> is not JSON ({err.msg})", origin
+            ) from err
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise SampleError("bad_tool_call", "an interleaved <tool_call> has no function name", origin)
+        args = call.get("arguments", {})
+        if isinstance(args, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                args = json.loads(args)
+        if not isinstance(args, dict):
+            raise SampleError(
+                "bad_tool_arguments",
+                f"interleaved call {call['name']!r}: arguments are not an object",
+                origin,
+            )
+        calls.append((call["name"], args))
+    return calls
+
+
+def prepare(
+    conv: Conversation,
+    options: RecipeOptions,
+    policy: Literal["last", "keep"],
+    tokenizer: PreTrainedTokenizerBase,
+) -> Prepared:
+    if not conv.tools:
+        raise SampleError("no_tools", "a tool_use conversation must declare its tools", conv.origin)
+    declared = declared_tools(conv)
+    num_calls = 0
+    for i, m in enumerate(conv.messages):
+        names = [c.name for c in m.tool_calls]
+        if m.reasoning:
+            names += [name for name, _ in inline_calls(m.reasoning, conv.origin)]
+        for name in names:
+            if name not in declared:
+                raise SampleError(
+                    "undeclared_tool",
+                    f"message {i} calls {name!r}; declared: {', '.join(sorted(declared))}",
+                    conv.origin,
+                )
+        num_calls += len(names)
+    if options.require_call and num_calls == 0:
+        raise SampleError(
+            "no_tool_call", "no tool call in the conversation (options.require_call)", conv.origin
+        )
+    has_reasoning = any(conv.messages[i].reasoning for i in trained(conv, policy))
+    return Prepared(conv, thinking_flag(conv, options, default=has_reasoning), policy)

@@ -1,0 +1,246 @@
+"""Read raw rows from local files, ``datasets`` folders and the Hub, as ``(origin, json_text)`` pairs.
+
+Every reader streams: JSONL line by line, a JSON array element by element (an incremental decoder,
+not ``json.load``), Parquet and ``datasets`` folders in record batches, the Hub with
+``streaming=True``. Rows are passed on as JSON *text*, unparsed for JSONL, so that
+
+* a malformed line is not an exception here: the builder's workers fail to parse it and count it
+  (``malformed_json``) with its ``file:line``;
+* heterogeneous rows (tool schemas, argument dicts of different shapes) are never forced into one
+  Arrow struct type, which is how other pipelines null-pad or reject them.
+
+``origin`` is ``file:line`` for JSONL/JSON (1-based line where the row starts), ``file:row`` for
+Parquet and ``datasets`` folders (1-based row index), ``hub:NAME[split]:row`` for the Hub.
+
+:func:`resolve` checks a source before any work starts: missing or unreadable files, unknown
+extensions, a folder that is not a ``datasets`` folder, and Hub names while offline are clear errors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+SourceKind = Literal["jsonl", "json", "parquet", "datasets", "hub"]
+CHUNK_CHARS = 1 << 20
+BATCH_ROWS = 1024
+OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A resolved source: what kind of reader, where, and how origins are written."""
+
+    kind: SourceKind
+    location: str
+    display: str
+    """Prefix of every origin: the path as the user sees it, or ``hub:NAME``."""
+    split: str = "train"
+    subset: str | None = None
+
+
+def _display_path(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def _kind_of_file(path: Path) -> SourceKind:
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise ValueError(f"{path}: unknown file type (expected .jsonl, .json, .parquet, optionally .gz)")
+
+
+def _offline() -> str | None:
+    return next(
+        (v for v in OFFLINE_VARS if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")), None
+    )
+
+
+def resolve(
+    path: str | None = None, hub: str | None = None, split: str = "train", subset: str | None = None
+) -> SourceSpec:
+    """Check that a source can be read and say how; raises ``ValueError`` naming it otherwise."""
+    if hub is not None:
+        if var := _offline():
+            raise ValueError(
+                f"source hub:{hub}: the Hub is offline ({var}=1); download the dataset and use `path:` instead"
+            )
+        _open_hub(hub, split, subset)  # resolves the dataset's files now, so a bad name fails early
+        return SourceSpec("hub", hub, f"hub:{hub}[{split}]", split, subset)
+    assert path is not None
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"source {path}: file not found")
+    if p.is_dir():
+        if not any((p / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            raise ValueError(f"source {path}: a folder must be written by datasets' save_to_disk")
+        _load_datasets_dir(p, split)
+        return SourceSpec("datasets", str(p), _display_path(p), split)
+    kind = _kind_of_file(p)
+    try:
+        with _open_text(p) as f:
+            f.read(1)
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(p)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"source {path}: not readable ({err})") from err
+    except Exception as err:  # pyarrow raises its own error types for a corrupt footer
+        raise ValueError(f"source {path}: not a readable {kind} file ({err})") from err
+    return SourceSpec(kind, str(p), _display_path(p))
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    if path.name.lower().endswith(".parquet"):
+        return open(path, encoding="latin-1")  # only probed for readability
+    return open(path, encoding="utf-8")
+
+
+def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    """``(origin, json_text)`` for every row of the source, in order."""
+    readers = {
+        "jsonl": _iter_jsonl,
+        "json": _iter_json,
+        "parquet": _iter_parquet,
+        "datasets": _iter_datasets,
+        "hub": _iter_hub,
+    }
+    return readers[spec.kind](spec)
+
+
+def _iter_jsonl(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    with _open_text(Path(spec.location)) as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{spec.display}:{n}", line
+
+
+def _iter_json(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    """A ``.json`` file: a top-level array, streamed element by element; anything else is JSON Lines."""
+    with _open_text(Path(spec.location)) as f:
+        head = f.read(CHUNK_CHARS)
+        if not head.lstrip().startswith("["):  # not an array: JSON Lines with a .json name
+            lines = itertools.chain(io.StringIO(head + f.readline()), f)  # the head may end mid-line
+            for n, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield f"{spec.display}:{n}", line
+            return
+        yield from _iter_json_array(f, head, spec.display)
+
+
+def _iter_json_array(f: IO[str], buf: str, display: str) -> Iterator[tuple[str, str]]:
+    decoder = json.JSONDecoder()
+    pos = buf.index("[") + 1
+    line = 1 + buf.count("\n", 0, pos)
+    eof = False
+    while True:
+        while pos < len(buf) and buf[pos] in " \t\r\n,":
+            line += buf[pos] == "\n"
+            pos += 1
+        if pos >= len(buf) and not eof:
+            buf, pos, eof = _refill(f, buf, pos)
+            continue
+        if pos >= len(buf) or buf[pos] == "]":
+            return
+        try:
+            _, end = decoder.raw_decode(buf, pos)
+            broken = False
+        except json.JSONDecodeError:
+            end, broken = len(buf), True
+        if end >= len(buf) and not eof:  # maybe just cut by the chunk boundary: read on
+            buf, pos, eof = _refill(f, buf, pos)
+            continue
+        # A malformed element is passed on as text and counted downstream with its line; an array
+        # cannot be resynchronised after it, so the rest of the file goes with it.
+        yield f"{display}:{line}", buf[pos:end]
+        if broken:
+            return
+        line += buf.count("\n", pos, end)
+        pos = end
+
+
+def _refill(f: IO[str], buf: str, pos: int) -> tuple[str, int, bool]:
+    chunk = f.read(CHUNK_CHARS)
+    return buf[pos:] + chunk, 0, not chunk
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _dump(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, default=_json_default)
+
+
+def _iter_parquet(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(spec.location).iter_batches(batch_size=BATCH_ROWS):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"{spec.display}:{n}", _dump(row)
+
+
+def _load_datasets_dir(path: Path, split: str):
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as err:  # datasets raises FileNotFoundError or its own errors for a broken folder
+        raise ValueError(f"source {path}: not a readable datasets folder ({err})") from err
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise ValueError(f"source {path}: no split {split!r} (has {sorted(ds)})")
+        ds = ds[split]
+    return ds
+
+
+def _iter_batches(ds: Any, display: str) -> Iterator[tuple[str, str]]:
+    n = 0
+    for batch in ds.iter(batch_size=BATCH_ROWS):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys), strict=True):
+            n += 1
+            yield f"{display}:{n}", _dump(dict(zip(keys, values, strict=True)))
+
+
+def _iter_datasets(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    yield from _iter_batches(_load_datasets_dir(Path(spec.location), spec.split), spec.display)
+
+
+def _open_hub(name: str, split: str, subset: str | None):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, subset, split=split, streaming=True)
+    except Exception as err:  # network, auth and not-found errors all end the same way for the user
+        raise ValueError(
+            f"source hub:{name}: cannot open it on the Hub ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _iter_hub(spec: SourceSpec) -> Iterator[tuple[str, str]]:
+    yield from _iter_batches(_open_hub(spec.location, spec.split, spec.subset), spec.display)

@@ -1,0 +1,88 @@
+"""``hermes-sft data build / stats / inspect`` through the real console script, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("hermes-sft", path=str(Path(sys.executable).parent)) or "hermes-sft"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_build_stats_inspect_sample_config(tmp_path, repo_root):
+    out = tmp_path / "sample"
+    done = cli(
+        "data",
+        "build",
+        "configs/data/sample.yaml",
+        "--out",
+        str(out),
+        "--num-proc",
+        "2",
+        "--quiet",
+        cwd=repo_root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "per source" in done.stdout and "tools-hermes-fc" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["num_samples_in"] == 300 == manifest["num_samples_kept"] + sum(manifest["dropped"].values())
+    )
+    assert set(manifest["dropped"]) <= {"duplicate"}  # the bundled data is clean apart from a few repeats
+    splits = manifest["splits"]
+    assert manifest["num_rows"] == splits["train"]["num_rows"] + splits["validation"]["num_rows"]
+    assert (
+        manifest["packing_efficiency"] > 0.9
+        and manifest["per_source"]["length-control"]["num_length_cut"] > 0
+    )
+
+    again = cli("data", "build", "configs/data/sample.yaml", "--out", str(out), "--quiet", cwd=repo_root)
+    assert again.returncode == 2 and "folder exists and is not empty" in again.stderr
+
+    stats = cli("data", "stats", str(out), cwd=repo_root)
+    assert stats.returncode == 0 and "packing_efficiency" in stats.stdout and "length_control" in stats.stdout
+
+    inspect = cli("data", "inspect", str(out), "--row", "0", "--no-color", cwd=repo_root)
+    assert inspect.returncode == 0, inspect.stderr
+    assert (
+        "train row 0 of" in inspect.stdout
+        and "positions ok" in inspect.stdout
+        and "BAD" not in inspect.stdout
+    )
+    num_samples = int(inspect.stdout.split(" samples,")[0].rsplit(" ", 1)[1])
+    assert "⟦" in inspect.stdout and inspect.stdout.count("║") >= num_samples - 1 >= 1
+
+
+def test_clear_errors(tmp_path, repo_root):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sources:\n  - {path: missing.jsonl, recipe: plain}\n")
+    done = cli("data", "build", str(cfg), "--out", str(tmp_path / "o"), cwd=repo_root)
+    assert (
+        done.returncode == 2
+        and "missing.jsonl: file not found" in done.stderr
+        and "Traceback" not in done.stderr
+    )
+    done = cli(
+        "data",
+        "build",
+        "tests/data/bad/bad.yaml",
+        "--out",
+        str(tmp_path / "o"),
+        "--strict",
+        "--quiet",
+        cwd=repo_root,
+    )
+    assert done.returncode == 2 and "--strict: 20 sample(s) would be dropped" in done.stderr
+    done = cli("data", "stats", str(tmp_path), cwd=repo_root)
+    assert done.returncode == 2 and "no manifest.json" in done.stderr
