@@ -68,6 +68,14 @@ class Conversation:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+def load_json(text: str, reason: str, what: str, origin: str) -> Any:
+    """``json.loads`` that reports bad JSON as a :class:`SampleError` with ``reason``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SampleError(reason, f"{what} is not valid JSON ({err.msg})", origin) from err
+
+
 def _text(value: Any, what: str, origin: str) -> str:
     if value is None:
         return ""
@@ -81,12 +89,7 @@ def _text(value: Any, what: str, origin: str) -> str:
 def parse_arguments(raw: Any, origin: str = "") -> dict[str, Any]:
     """Tool-call arguments as a dict, from a dict or a JSON string holding an object."""
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as err:
-            raise SampleError(
-                "bad_tool_arguments", f"arguments are not valid JSON ({err.msg})", origin
-            ) from err
+        raw = load_json(raw, "bad_tool_arguments", "arguments", origin) if raw.strip() else {}
     if not isinstance(raw, dict):
         raise SampleError(
             "bad_tool_arguments", f"arguments must be a JSON object, got {type(raw).__name__}", origin
@@ -121,12 +124,7 @@ def _tool_call(raw: Any, origin: str) -> ToolCall:
 
 def _tool_schema(raw: Any, origin: str) -> dict[str, Any]:
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SampleError(
-                "bad_tools", f"a tool definition is not valid JSON ({err.msg})", origin
-            ) from err
+        raw = load_json(raw, "bad_tools", "a tool definition", origin)
     if not isinstance(raw, dict):
         raise SampleError("bad_tools", "a tool definition must be an object", origin)
     fn = raw.get("function") if raw.get("type") == "function" else raw
@@ -166,10 +164,7 @@ def conversation_from_openai(row: dict[str, Any], origin: str = "") -> Conversat
         raise SampleError("empty_conversation", "no 'messages' list (or it is empty)", origin)
     tools = row.get("tools") or []
     if isinstance(tools, str):
-        try:
-            tools = json.loads(tools) if tools.strip() else []
-        except json.JSONDecodeError as err:
-            raise SampleError("bad_tools", f"'tools' is not valid JSON ({err.msg})", origin) from err
+        tools = load_json(tools, "bad_tools", "'tools'", origin) if tools.strip() else []
     if not isinstance(tools, list):
         raise SampleError("bad_tools", f"'tools' must be a list, got {type(tools).__name__}", origin)
     conv = Conversation(

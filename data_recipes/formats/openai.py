@@ -9,10 +9,9 @@ and ``tool_calls`` whose ``arguments`` is a dict or a JSON string; ``tool`` mess
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from data_recipes.messages import Conversation, SampleError, conversation_from_openai
+from data_recipes.messages import Conversation, SampleError, conversation_from_openai, load_json
 
 
 def maybe_json(value: Any, reason: str, what: str, origin: str) -> Any:
@@ -20,10 +19,7 @@ def maybe_json(value: Any, reason: str, what: str, origin: str) -> Any:
         return value
     if not value.strip():
         return []
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as err:
-        raise SampleError(reason, f"{what} is a string but not valid JSON ({err.msg})", origin) from err
+    return load_json(value, reason, what, origin)
 
 
 def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:

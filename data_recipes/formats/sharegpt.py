@@ -12,12 +12,11 @@ three formats obey one set of rules.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from data_recipes.formats.openai import to_conversation as openai_to_conversation
-from data_recipes.messages import Conversation, SampleError
+from data_recipes.messages import Conversation, SampleError, load_json
 
 ROLE_MAP = {
     "system": "system",
@@ -52,10 +51,7 @@ def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
 
 def parse_function_call(value: str, origin: str) -> list[dict[str, Any]]:
     """A ``function_call`` value (one JSON call or a list of them) as OpenAI ``tool_calls``."""
-    try:
-        calls = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise SampleError("bad_tool_call", f"function_call value is not JSON ({err.msg})", origin) from err
+    calls = load_json(value, "bad_tool_call", "the function_call value", origin)
     calls = calls if isinstance(calls, list) else [calls]
     return [{"type": "function", "function": call} for call in calls]
 
@@ -71,12 +67,7 @@ def conversations_to_messages(
 ) -> list[dict[str, Any]]:
     """ShareGPT turns as OpenAI messages (a gpt turn + following function_call turn merged)."""
     if isinstance(turns, str):
-        try:
-            turns = json.loads(turns)
-        except json.JSONDecodeError as err:
-            raise SampleError(
-                "no_messages", f"'conversations' is not valid JSON ({err.msg})", origin
-            ) from err
+        turns = load_json(turns, "no_messages", "'conversations'", origin)
     if not isinstance(turns, list) or not turns:
         raise SampleError("empty_conversation", "no 'conversations' list (or it is empty)", origin)
     messages: list[dict[str, Any]] = []

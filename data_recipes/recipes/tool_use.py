@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from data_recipes.messages import Conversation, SampleError
+from data_recipes.messages import Conversation, SampleError, load_json
 from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
 
 INLINE_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
@@ -42,12 +42,7 @@ def inline_calls(reasoning: str, origin: str) -> list[tuple[str, Any]]:
         raise SampleError("bad_tool_response", "unbalanced <tool_response> tags inside the reasoning", origin)
     calls = []
     for block in INLINE_CALL_RE.findall(reasoning):
-        try:
-            call = json.loads(block)
-        except json.JSONDecodeError as err:
-            raise SampleError(
-                "bad_tool_call", f"an interleaved <tool_call> is not JSON ({err.msg})", origin
-            ) from err
+        call = load_json(block, "bad_tool_call", "an interleaved <tool_call>", origin)
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise SampleError("bad_tool_call", "an interleaved <tool_call> has no function name", origin)
         args = call.get("arguments", {})
