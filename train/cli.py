@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Nested groups ("data build") use a space.
@@ -55,16 +56,30 @@ def _selected(argv: list[str]) -> str | None:
     return None
 
 
+def _pop_launcher_local_rank(argv: list[str]) -> list[str]:
+    """The ``deepspeed`` launcher puts ``--local_rank=N`` before the subcommand; keep it as LOCAL_RANK."""
+    if argv and argv[0].startswith("--local_rank"):
+        if "=" in argv[0]:
+            value, rest = argv[0].split("=", 1)[1], argv[1:]
+        else:
+            value, rest = (argv[1] if len(argv) > 1 else ""), argv[2:]
+        os.environ.setdefault("LOCAL_RANK", value)
+        return rest
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _pop_launcher_local_rank(list(sys.argv[1:] if argv is None else argv))
     parser, leaves = _build_parser()
     name = _selected(argv)
     if name is None:
         parser.parse_args(argv or ["--help"])
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    module.add_arguments(leaves[name])
-    args = parser.parse_args(argv)
+    leaf = leaves[name]
+    module.add_arguments(leaf)
+    # Options may follow positionals (`train CFG a=1 --nproc-per-node 2 b=2`).
+    args = leaf.parse_intermixed_args(argv[len(name.split(" ")) :])
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

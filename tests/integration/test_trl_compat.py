@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from data_recipes.cli_render import read_jsonl
 from data_recipes.cli_inspect import SHOWCASE
+from data_recipes.cli_render import read_jsonl
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.render import IGNORE_INDEX, RenderOptions, render
 

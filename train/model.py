@@ -1,0 +1,302 @@
+"""Models: Llama-3.1 presets, loading under ZeRO-3, LoRA, and gathered safetensors writes.
+
+Two ways in, both partitioned by ZeRO-3 as they are built (a live ``HfDeepSpeedConfig`` makes
+transformers construct the model inside ``deepspeed.zero.Init``):
+
+* ``model.path``: ``from_pretrained`` on a local folder. Rank 0 copies each tensor into its gathered
+  layer and the layer is re-partitioned at once, so no rank holds the whole 70B;
+* ``model.preset``: a config-built model with random weights (``tiny`` for tests and the demo, the real
+  Llama-3.1 8B / 70B shapes for planning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
+
+from data_recipes.tokenizer import BOS_ID, END_OF_TEXT_ID, EOM_ID, EOT_ID, PAD_ID, VOCAB_SIZE
+from train.config import LoraSection, ModelConfig
+
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500_000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+_PRESETS: dict[str, dict[str, Any]] = {
+    # 16.5M parameters, almost all in the 128,256-row embedding and head: real Llama-3.1 token ids.
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=131_072,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131_072,
+    ),
+    "llama-3.1-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=131_072,
+    ),
+}
+# Keys of a config dict that do not change the function the weights compute.
+_NON_ARCH_KEYS = {
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "_name_or_path",
+    "architectures",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+}
+
+
+def preset_config(name: str, overrides: dict[str, Any] | None = None) -> LlamaConfig:
+    """The LlamaConfig of a preset (Llama-3.1 vocabulary, RoPE scaling and special ids), with overrides."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
+    fields = dict(
+        vocab_size=VOCAB_SIZE,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters=dict(_LLAMA31_ROPE),
+        bos_token_id=BOS_ID,
+        eos_token_id=[END_OF_TEXT_ID, EOM_ID, EOT_ID],
+        pad_token_id=PAD_ID,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        initializer_range=0.02,
+    )
+    fields.update(_PRESETS[name])
+    fields.update(overrides or {})
+    try:
+        config = LlamaConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model.overrides: {err}") from err
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+# Shape fields compared between a preset and a checkpoint's config.json.
+_SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def load_model_config(cfg: ModelConfig, allow_missing_path: bool = False) -> PretrainedConfig:
+    """The HF config of the model to train: ``model.path/config.json`` (checked against ``model.preset``
+    when both are set) or the preset. ``allow_missing_path``: fall back to the preset (planning)."""
+    if cfg.path is None or (allow_missing_path and cfg.preset and not Path(cfg.path).is_dir()):
+        return preset_config(cfg.preset, cfg.overrides)
+    path = Path(cfg.path)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model.path={cfg.path}: no config.json; pass a local Hugging Face checkpoint folder"
+        )
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if cfg.preset:
+        expected = preset_config(cfg.preset)
+        diff = {
+            k: (getattr(config, k, None), getattr(expected, k))
+            for k in _SHAPE_KEYS
+            if getattr(config, k, None) != getattr(expected, k)
+        }
+        if diff:
+            raise ValueError(
+                f"model.path={cfg.path} is not a {cfg.preset} checkpoint ({', '.join(f'{k}: {a} != {b}' for k, (a, b) in diff.items())}); "
+                "fix model.path or model.preset"
+            )
+    return config
+
+
+def resolve_dtype(cfg: ModelConfig, on_gpu: bool) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_attn(cfg: ModelConfig, on_gpu: bool) -> str:
+    if cfg.attn_implementation != "auto":
+        if cfg.attn_implementation == "flash_attention_2" and not (on_gpu and flash_attn_available()):
+            raise ValueError(
+                "model.attn_implementation=flash_attention_2 needs a GPU and `pip install flash-attn`"
+            )
+        return cfg.attn_implementation
+    return "flash_attention_2" if on_gpu and flash_attn_available() else "sdpa"
+
+
+def build_model(
+    cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, attn: str
+) -> torch.nn.Module:
+    """Instantiate the model. Call with a live ``HfDeepSpeedConfig`` (ZeRO-3): parameters are partitioned
+    as each layer is built, and ``from_pretrained`` loads into the partitions."""
+    if cfg.path:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path, config=hf_config, dtype=dtype, attn_implementation=attn, local_files_only=True
+        )
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
+    model.config.use_cache = False  # a KV cache turns off packed-sequence masking in transformers
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraSection) -> torch.nn.Module:
+    """Wrap ``model`` in a PEFT LoRA model; only adapter weights train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = sorted(set(lora.target_modules) - names)
+    if missing:
+        raise ValueError(f"lora.target_modules: the model has no modules named {missing}")
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def architecture_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
+    return {k: v for k, v in sorted(hf_config.to_dict().items()) if k not in _NON_ARCH_KEYS}
+
+
+def model_fingerprint(hf_config: PretrainedConfig, lora: LoraSection) -> str:
+    """Identity of what is trained (architecture + LoRA shape); a checkpoint resumes only into the same."""
+    payload: dict[str, Any] = {"architecture": architecture_dict(hf_config)}
+    if lora.enabled:
+        payload["lora"] = {"r": lora.r, "alpha": lora.alpha, "target_modules": sorted(lora.target_modules)}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay, vectors (norms, biases) do not. Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        shape = getattr(p, "ds_shape", p.shape)  # ZeRO-3 keeps the real shape in ds_shape
+        (decay if len(shape) >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def param_counts(hf_config: PretrainedConfig) -> dict[str, int]:
+    """Total / embedding / lm_head / largest-tensor parameter counts, from a meta-device instance."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings()
+    head_n = 0 if head is None or hf_config.tie_word_embeddings else head.weight.numel()
+    largest = max(p.numel() for p in model.parameters())
+    return {"total": total, "embedding": emb, "lm_head": head_n, "largest_tensor": largest}
+
+
+def gather_to_rank0(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]], rank: int, dtype: torch.dtype | None = None
+) -> Iterable[tuple[str, torch.Tensor | None]]:
+    """Yield ``(name, full CPU tensor)`` on rank 0 (None elsewhere), gathering one ZeRO-3 parameter at a
+    time. Every rank must iterate to the end: each gather is a collective."""
+    import deepspeed
+
+    for name, p in named_params:
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            value = p.detach().to("cpu", dtype=dtype or p.dtype, copy=True) if rank == 0 else None
+        yield name, value
+
+
+def write_safetensors(
+    tensors: Iterable[tuple[str, torch.Tensor | None]],
+    out_dir: Path,
+    rank: int,
+    stem: str = "model",
+    max_shard_bytes: int = 5 * 1024**3,
+) -> None:
+    """Write tensors as ``{stem}.safetensors`` (or shards + ``{stem}.safetensors.index.json``) on rank 0,
+    streaming so rank 0 holds at most one shard."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    written: list[str] = []
+    size = total = 0
+    index: dict[str, int] = {}
+
+    def flush() -> None:
+        nonlocal size
+        path = out_dir / f"{stem}-tmp-{len(written):05d}.safetensors"
+        save_file(shards[-1], str(path), metadata={"format": "pt"})
+        written.append(path.name)
+        shards[-1], size = {}, 0
+
+    for name, tensor in tensors:
+        if rank != 0 or tensor is None:
+            continue
+        if size and size + tensor.numel() * tensor.element_size() > max_shard_bytes:
+            flush()
+        shards[-1][name] = tensor.contiguous()
+        index[name] = len(written)
+        size += tensor.numel() * tensor.element_size()
+        total += tensor.numel() * tensor.element_size()
+    if rank != 0:
+        return
+    flush()
+    if len(written) == 1:
+        os.replace(out_dir / written[0], out_dir / f"{stem}.safetensors")
+        return
+    names = [f"{stem}-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
+    for old, new in zip(written, names, strict=True):
+        os.replace(out_dir / old, out_dir / new)
+    weight_map = {k: names[i] for k, i in sorted(index.items())}
+    (out_dir / f"{stem}.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    )
