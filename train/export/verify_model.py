@@ -98,6 +98,7 @@ def _adapter_base(folder: Path, base_model: str | Path | None) -> Path | None:
 # --- weights ------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def check_weights(
     report: VerifyReport, exported: dict[str, LazyTensor], ref: Reference, progress: bool
 ) -> None:
