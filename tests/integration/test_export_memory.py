@@ -2,7 +2,7 @@
 
 Measured here on the Hugging Face folder → BF16 / FP8 paths (pread reader, planned writer). The ZeRO-3
 partition reader (mmap + page release) is measured on a multi-GB checkpoint by ``bench/bench_export.py``
-(docs/benchmarks-export.md): a ZeRO-3 checkpoint of this size takes minutes to make on CPU.
+(docs/benchmarks.md): a ZeRO-3 checkpoint of this size takes minutes to make on CPU.
 """
 
 from __future__ import annotations
