@@ -374,7 +374,7 @@ def check_generate(report: VerifyReport, model, tokenizer, max_new_tokens: int) 
         forced = model.generate(
             input_ids=ids,
             **greedy,
-            logits_processor=LogitsProcessorList([_ForceToken(ids.shape[1], 2, EOT_ID)]),
+            logits_processor=LogitsProcessorList([_ForceToken(ids.shape[1], 0, EOT_ID)]),
         )[0, ids.shape[1] :].tolist()
         torch.manual_seed(0)
         sampled = model.generate(input_ids=ids, max_new_tokens=4)[
@@ -386,7 +386,7 @@ def check_generate(report: VerifyReport, model, tokenizer, max_new_tokens: int) 
     problems = []
     if len(new) > max_new_tokens:
         problems.append(f"{len(new)} tokens generated, limit {max_new_tokens}")
-    if len(forced) != 3 or forced[-1] != EOT_ID:
+    if forced != [EOT_ID]:  # the first generated token is forced to <|eot_id|>: nothing may follow
         problems.append(f"a forced <|eot_id|> did not end generation ({forced})")
     if not 1 <= len(sampled) <= 4:
         problems.append(f"sampling with generation_config.json produced {len(sampled)} tokens")
