@@ -125,7 +125,7 @@ def export_model(run_dir: Path, out: Path, fmt: str, lora: bool) -> tuple[Stage,
     stage.ok = result.ok
     stage.figures = [
         f"{result.num_params:,} params, {result.total_bytes / 1e6:.1f} MB in {result.num_shards} shard(s)",
-        f"peak RSS {result.peak_rss_mb:.0f} MB"
+        f"process peak RSS {result.peak_rss_mb:.0f} MB"
         + (f", {result.quantized_layers} Linear layers FP8" if result.quantized_layers else ""),
         f"verify: {'PASS' if result.verify is not None and result.verify.ok else 'FAIL'}",
     ]
