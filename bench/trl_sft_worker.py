@@ -45,7 +45,7 @@ def main() -> None:
 
     # accelerate 1.15 + transformers 5 on a CPU host: without an explicit gloo PartialState every rank
     # believes world_size == 1 (no data sharding, every rank writes outputs); see
-    # /work/shared/research/cpu-feasibility.md §4. The workaround is applied before TrainingArguments.
+    # the project's CPU feasibility notes. The workaround is applied before TrainingArguments.
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     from accelerate.state import PartialState
 

@@ -18,6 +18,7 @@ import ctypes
 import math
 import mmap
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,15 +31,15 @@ RELEASE_BYTES = 16 << 20
 memory-mapped file is resident at once."""
 
 
-class LazyTensor:
+class LazyTensor(ABC):
     """A read-only tensor whose rows are materialized on demand."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
 
+    @abstractmethod
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """A new tensor holding rows ``start:stop`` (dimension 0); the caller owns it."""
-        raise NotImplementedError
 
     @property
     def numel(self) -> int:
