@@ -197,3 +197,68 @@ def test_template_default_marks_every_turn_rendered_as_generated(tokenizer):
     assert tokenizer.decode([t for t, m in zip(ids, only_last["assistant_masks"], strict=True) if m]) == (
         "<think>\nshown\n</think>\nfinal<|eot_id|>"
     )
+
+
+def _tampered(tokenizer, row, **edits):
+    from dataclasses import replace as dc_replace
+
+    conv = conversation_from_openai(row, "t.jsonl:1")
+    sample = render(conv, tokenizer, RenderOptions())
+    return conv, dc_replace(sample, **edits)
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        ("prompt_token", "prefix_mismatch"),
+        ("ids_not_from_text", "retokenize_mismatch"),
+        ("trained_token", "trained_span_mismatch"),
+        ("no_bos", "bos_invariant"),
+        ("nothing_trained", "no_trained_tokens"),
+    ],
+)
+def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
+    from data_recipes.render import check_invariants
+
+    good = run(TOOL)
+    ids, labels = list(good.input_ids), list(good.labels)
+    text = good.text
+    if edit == "prompt_token":  # the user turn reads "Hi", so the inference prompt (with "Go") is no prefix
+        text = text.replace("user<|end_header_id|>\n\nGo", "user<|end_header_id|>\n\nHi")
+        ids = tokenizer(text)["input_ids"]
+    elif edit == "ids_not_from_text":
+        ids[ids.index(11087)] = 11088
+    elif edit == "trained_token":  # the sample says "Done"; the conversation's answer is "Finished"
+        row = json.loads(json.dumps(TOOL))
+        row["messages"][-1]["content"] = "Finished"
+        return _expect(tokenizer, conversation_from_openai(row, "t.jsonl:1"), good, reason)
+    elif edit == "no_bos":
+        text = text.replace("<|begin_of_text|>", "<|end_of_text|>", 1)
+        ids = tokenizer(text)["input_ids"]
+    else:
+        labels = [IGNORE_INDEX] * len(labels)
+    conv, sample = _tampered(tokenizer, TOOL, input_ids=ids, labels=labels, text=text)
+    _expect(tokenizer, conv, sample, reason)
+    check_invariants(good, conv, tokenizer, RenderOptions())  # the untouched sample passes
+
+
+def _expect(tokenizer, conv, sample, reason):
+    from data_recipes.messages import SampleError
+    from data_recipes.render import check_invariants
+
+    with pytest.raises(SampleError) as info:
+        check_invariants(sample, conv, tokenizer, RenderOptions())
+    assert info.value.reason == reason
+
+
+def test_prompt_tail_needs_a_string_prefix_and_a_token_boundary(tokenizer):
+    from data_recipes.render import RenderedSample, _prompt_tail
+
+    text = "<|begin_of_text|>hello world"
+    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    sample = RenderedSample(enc.ids, [IGNORE_INDEX] * len(enc.ids), text)
+    assert enc.ids == [128000, 15339, 1917]
+    assert _prompt_tail(sample, enc.offsets, "<|begin_of_text|>hello") == (1, 2, "hello")
+    assert _prompt_tail(sample, enc.offsets, "<|begin_of_text|>") == (1, 1, "")
+    assert _prompt_tail(sample, enc.offsets, "<|begin_of_text|>hel") is None  # inside the token "hello"
+    assert _prompt_tail(sample, enc.offsets, "<|begin_of_text|>help") is None  # not a string prefix
