@@ -61,6 +61,13 @@ def slurm_env(tmp_path):
     return env
 
 
+def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a slurm/ script with bash (as sbatch would) in the fake allocation."""
+    return subprocess.run(
+        ["bash", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def torchrun_words(config: str, *overrides: str) -> str:
     return (
         "torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu01:24242 --rdzv-id=4242 "
@@ -71,15 +78,7 @@ def torchrun_words(config: str, *overrides: str) -> str:
 
 def test_dry_run_prints_each_nodes_torchrun(slurm_env):
     env = dict(slurm_env, HERMES_SFT_DRY_RUN="1")
-    out = subprocess.run(
-        ["bash", "slurm/llama-3.1-70b-full.sbatch", "optim.lr=2e-5", "logging.wandb=true"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run_script("slurm/llama-3.1-70b-full.sbatch", "optim.lr=2e-5", "logging.wandb=true", env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     expected = torchrun_words("configs/llama-3.1-70b-full.yaml", "optim.lr=2e-5", "logging.wandb=true")
@@ -96,36 +95,12 @@ def test_dry_run_prints_each_nodes_torchrun(slurm_env):
 
 def test_dry_run_refuses_a_bad_config_and_a_missing_allocation(slurm_env):
     env = dict(slurm_env, HERMES_SFT_DRY_RUN="1")
-    bad = subprocess.run(
-        ["bash", "slurm/train.sbatch", "configs/tiny-cpu.yaml", "optim.lr=fast"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = run_script("slurm/train.sbatch", "configs/tiny-cpu.yaml", "optim.lr=fast", env=env)
     assert bad.returncode != 0 and "optim.lr: expected a number" in bad.stderr
-    split = subprocess.run(
-        ["bash", "slurm/train.sbatch", "configs/tiny-cpu.yaml", "batch.global_batch_size=6"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    split = run_script("slurm/train.sbatch", "configs/tiny-cpu.yaml", "batch.global_batch_size=6", env=env)
     assert split.returncode != 0 and "not divisible by micro_batch_size (1) x world size (16)" in split.stderr
     no_job = {k: v for k, v in env.items() if k != "SLURM_JOB_ID"}
-    out = subprocess.run(
-        ["bash", "slurm/train.sbatch", "configs/tiny-cpu.yaml"],
-        cwd=REPO,
-        env=no_job,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run_script("slurm/train.sbatch", "configs/tiny-cpu.yaml", env=no_job)
     assert out.returncode != 0 and "not inside a SLURM allocation" in out.stderr
 
 
@@ -159,14 +134,8 @@ def test_usr1_before_the_time_limit_checkpoints_and_requeues(slurm_env, tmp_path
 
 def test_data_build_wrapper_dry_run(slurm_env):
     env = dict(slurm_env, HERMES_SFT_DRY_RUN="1", SLURM_CPUS_PER_TASK="16")
-    out = subprocess.run(
-        ["bash", "slurm/data-build.sbatch", "configs/data/sample.yaml", "/shared/data/x", "max_seq_len=4096"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    out = run_script(
+        "slurm/data-build.sbatch", "configs/data/sample.yaml", "/shared/data/x", "max_seq_len=4096", env=env
     )
     assert out.returncode == 0, out.stderr
     assert (
