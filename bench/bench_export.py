@@ -25,11 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from train.launch import local_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = (
@@ -74,12 +75,6 @@ from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_state_dict
 convert_zero_checkpoint_to_state_dict(sys.argv[1], sys.argv[2], dtype="bfloat16", max_shard_size="1GB",
                                       safe_serialization=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def folder_bytes(path: Path) -> int:
@@ -133,16 +128,9 @@ def make_checkpoint(args) -> Path:
     if (run / "checkpoints" / "latest").is_file():
         return run
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    ]
-    cmd += [str(REPO / "tests" / "dist" / "make_zero3_run.py"), "--out", str(run), "--steps", "0"]
+    cmd = local_torchrun(
+        [str(REPO / "tests" / "dist" / "make_zero3_run.py"), "--out", str(run), "--steps", "0"]
+    )
     cmd += [
         "--hidden",
         str(args.hidden),

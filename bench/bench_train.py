@@ -17,19 +17,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from train.launch import free_port, local_torchrun
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str]) -> float:
@@ -200,24 +195,20 @@ def main() -> None:
     )
 
     trl_wall = run(
-        [
-            py,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(free_port()),
-            "bench/trl_sft_worker.py",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--steps",
-            str(args.steps),
-            "--ds-config",
-            str(ds_config_for_trl(out)),
-        ],
+        local_torchrun(
+            [
+                "bench/trl_sft_worker.py",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                str(args.steps),
+                "--ds-config",
+                str(ds_config_for_trl(out)),
+            ],
+            python=py,
+        ),
         out / "trl.log",
         env,
     )

@@ -27,6 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_torchrun(args: list[str], nproc: int = 2, python: str | None = None) -> list[str]:
+    """``python -m torch.distributed.run`` for ``nproc`` ranks on this machine, on a free port (tests, benches)."""
+    return [python or sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-port", str(free_port()), *args]  # fmt: skip
+
+
 def slurm_hostnames(nodelist: str) -> list[str]:
     """Expand a SLURM node list with ``scontrol show hostnames`` (the only exact expander)."""
     out = subprocess.run(

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from train.launch import free_port, local_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny-cpu.yaml"
@@ -46,12 +47,6 @@ LORA_OVERRIDES = [
     "lora.dropout=0.1",
     "optim.lr=1e-2",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_env(**extra: str) -> dict[str, str]:
@@ -144,14 +139,7 @@ def sample_dataset(tmp_path_factory) -> Path:
 def trained_run_result(tmp_path_factory, sample_dataset) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("trained")
     run_dir, result, log = root / "run", root / "check.json", root / "launch.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
+    cmd = local_torchrun([
         str(REPO / "tests/dist/check_full_run.py"),
         str(TINY_CONFIG),
         f"output_dir={run_dir}",
@@ -159,7 +147,7 @@ def trained_run_result(tmp_path_factory, sample_dataset) -> tuple[Path, dict]:
         *FULL_OVERRIDES,
         "--result",
         str(result),
-    ]
+    ])  # fmt: skip
     rc = run_logged(cmd, log)
     assert rc == 0 and result.is_file(), f"check_full_run failed ({rc}):\n{tail(log)}"
     return run_dir, json.loads(result.read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,31 +20,21 @@ import torch
 from train.cli import main as cli_main
 from train.export import export_checkpoint, verify_folder
 from train.export.safetensors_io import read_safetensors_folder
+from train.launch import local_torchrun
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 MAKE_RUN = REPO / "tests" / "dist" / "make_zero3_run.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_run(out: Path, *extra: str) -> Path:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-    ]
     proc = subprocess.run(
-        [*cmd, str(MAKE_RUN), "--out", str(out), *extra], env=env, capture_output=True, text=True, timeout=420
+        local_torchrun([str(MAKE_RUN), "--out", str(out), *extra]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
