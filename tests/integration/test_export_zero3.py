@@ -196,6 +196,23 @@ def test_verify_cli_passes_and_catches_tampering(full_run, bf16_export, tmp_path
     assert status["template"] == "fail" and status["weights"] == "fail" and status["logits"] == "fail"
 
 
+def test_verify_catches_a_template_that_keeps_ids_but_loses_the_training_mask(
+    full_run, bf16_export, tmp_path, capsys
+):
+    bad = tmp_path / "unmarked"
+    shutil.copytree(bf16_export.out_dir, bad)
+    template = (bad / "chat_template.jinja").read_text(encoding="utf-8")
+    unmarked = template.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    assert unmarked != template
+    (bad / "chat_template.jinja").write_text(unmarked, encoding="utf-8")
+    config = json.loads((bad / "tokenizer_config.json").read_text())
+    (bad / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": unmarked}))
+    assert cli_main(["verify", str(bad), "--reference", str(full_run), "--json"]) == 1
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["template_parity"]["status"] == "fail"
+    assert "assistant mask differs" in checks["template_parity"]["detail"]
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

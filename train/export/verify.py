@@ -331,7 +331,7 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
     from transformers import AutoTokenizer
 
     from data_recipes.messages import conversation_from_openai, to_template_messages
-    from data_recipes.render import RenderOptions, render, render_text
+    from data_recipes.render import IGNORE_INDEX, RenderOptions, render, render_text, template_kwargs
     from train.export.samples import CONVERSATIONS
 
     try:
@@ -345,11 +345,13 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
     for name, row, thinking in CONVERSATIONS:
         conv = conversation_from_openai(row, origin=name)
         options = RenderOptions(thinking=thinking)
-        kwargs = {"tools": list(conv.tools) or None, "thinking": thinking, "keep_cots": False}
-        want = render(conv, training, options).input_ids
-        got = exported.apply_chat_template(
-            to_template_messages(conv), tokenize=True, return_dict=True, **kwargs
-        )["input_ids"]
+        kwargs = {"tools": list(conv.tools) or None, **template_kwargs(options)}
+        sample = render(conv, training, options)
+        want, want_mask = sample.input_ids, [int(label != IGNORE_INDEX) for label in sample.labels]
+        out = exported.apply_chat_template(
+            to_template_messages(conv), return_dict=True, return_assistant_tokens_mask=True, **kwargs
+        )
+        got, got_mask = out["input_ids"], out["assistant_masks"]
         prompt_text = render_text(_without_last(conv), options, add_generation_prompt=True)[0]
         want_prompt = training(prompt_text, add_special_tokens=False)["input_ids"]
         got_prompt = exported.apply_chat_template(
@@ -362,9 +364,14 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
         compared += 2
         if list(got) != list(want):
             mismatches.append(f"{name}: {_first_diff(got, want)}")
+        elif list(got_mask) != want_mask:
+            mismatches.append(f"{name}: assistant mask differs from the training labels")
         if list(got_prompt) != list(want_prompt) or list(want[: len(want_prompt)]) != list(want_prompt):
             mismatches.append(f"{name} (generation prompt): {_first_diff(got_prompt, want_prompt)}")
-    detail = f"{compared} renderings of {len(CONVERSATIONS)} conversations (plain, multi-turn, thinking, tools) identical"
+    detail = (
+        f"{compared} renderings of {len(CONVERSATIONS)} conversations (plain, multi-turn, thinking, tools) "
+        "identical; assistant masks equal the training labels"
+    )
     report.add(
         "template_parity", FAIL if mismatches else PASS, "; ".join(mismatches) if mismatches else detail
     )
