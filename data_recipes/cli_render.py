@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_recipes.messages import SampleError, conversation_from_openai
+from data_recipes.messages import SampleError, conversation_from_openai, load_json
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
+from data_recipes.sources import iter_rows, resolve
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,32 +44,26 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
     return RenderOptions(thinking=args.thinking, history=history)
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleError]]:
-    """(origin, row) for every non-blank line; a malformed line yields a SampleError instead of a row."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            origin = f"{p}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield origin, SampleError("malformed_json", err.msg, origin)
-                continue
-            if not isinstance(row, dict):
-                yield origin, SampleError("malformed_row", "a line must hold a JSON object", origin)
-                continue
-            yield origin, row
+def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleError]]:
+    """(origin, row) for every row of a file the data builder reads (JSONL, JSON, Parquet, ``.gz``,
+    a datasets folder); a malformed row yields a SampleError instead of a row."""
+    for origin, text in iter_rows(resolve(str(path))):
+        try:
+            row = load_json(text, "malformed_json", "the row", origin)
+        except SampleError as err:
+            yield origin, err
+            continue
+        if not isinstance(row, dict):
+            yield origin, SampleError("malformed_row", "a row must be a JSON object", origin)
+            continue
+        yield origin, row
 
 
 def render_file(
     path: str | Path, tokenizer, options: RenderOptions
 ) -> Iterator[tuple[str, list[RenderedSample] | SampleError]]:
     """Render every row of an OpenAI-format JSONL file; errors are yielded, not raised."""
-    for origin, row in read_jsonl(path):
+    for origin, row in read_rows(path):
         if isinstance(row, SampleError):
             yield origin, row
             continue
@@ -79,7 +74,10 @@ def render_file(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="JSONL file with {'messages': [...], 'tools': [...]} per line")
+    parser.add_argument(
+        "input",
+        help="rows {'messages': [...], 'tools': [...]}: JSONL, JSON, Parquet (.gz ok) or a datasets folder",
+    )
     add_render_arguments(parser)
     parser.add_argument(
         "--strict", action="store_true", help="fail on the first bad row instead of skipping it"

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from data_recipes.cli_inspect import SHOWCASE
-from data_recipes.cli_render import read_jsonl
+from data_recipes.cli_render import read_rows
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.render import IGNORE_INDEX, RenderOptions, render
 
@@ -22,7 +22,7 @@ def test_sft_trainer_assistant_only_loss_matches_our_renderer(tokenizer, tmp_pat
     from trl import SFTConfig, SFTTrainer
 
     rows, ours = [], []
-    for origin, raw in read_jsonl(SHOWCASE):
+    for origin, raw in read_rows(SHOWCASE):
         conv = conversation_from_openai(raw, origin)
         for thinking in (False, True):
             ours.append(render(conv, tokenizer, RenderOptions(thinking=thinking)))

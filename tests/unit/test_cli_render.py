@@ -50,7 +50,10 @@ def test_render_reports_bad_rows_with_file_line_and_reason(tmp_path, capsys):
     assert main(["render", str(src)]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
-    assert f"{src}:2: malformed_json" in err and f"{src}:3: unknown_role: role 'robot'" in err
+    assert (
+        f"{src}:2: malformed_json: the row is not valid JSON" in err
+        and f"{src}:3: unknown_role: role 'robot'" in err
+    )
     assert "dropped 2 (malformed_json: 1, unknown_role: 1)" in err
     assert main(["render", str(src), "--strict"]) == 2
     assert f"{src}:2: malformed_json" in capsys.readouterr().err
@@ -69,7 +72,7 @@ def test_render_missing_file_is_one_clear_line(tmp_path, capsys):
     assert main(["render", str(tmp_path / "nope.jsonl")]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == f"hermes-sft render: error: {tmp_path / 'nope.jsonl'}: no such file"
+        == f"hermes-sft render: error: source {tmp_path / 'nope.jsonl'}: file not found"
     )
 
 
