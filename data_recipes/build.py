@@ -36,9 +36,10 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from data_recipes import manifest as mf
 from data_recipes.mixture import MixtureConfig, sample_counts, split_validation
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
-from data_recipes.pipeline import SourceRules, WorkerContext, process_batch
+from data_recipes.pipeline import RECORD_COLUMNS, SourceRules, WorkerContext, get_tokenizer, process_batch
 from data_recipes.sources import SourceSpec, iter_rows, resolve
 
 RAW_SCHEMA = pa.schema([("source", pa.int32()), ("origin", pa.string()), ("raw", pa.large_string())])
@@ -106,8 +107,6 @@ def _write_raw(
 def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int, progress: bool):
     """Stage 2: the parallel map from raw rows to sample records (a memory-mapped Dataset)."""
     import datasets
-
-    from data_recipes.pipeline import RECORD_COLUMNS
 
     features = datasets.Features(
         {
@@ -259,9 +258,6 @@ def build(
 ) -> BuildResult:
     """Run the whole build; raises ``ValueError`` for user errors (bad source, ``--strict`` drops)."""
     import datasets
-
-    from data_recipes import manifest as mf
-    from data_recipes.pipeline import get_tokenizer
 
     out = Path(out_dir)
     specs = preflight(cfg, out, overwrite)
