@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.export.safetensors_io import (
+from train.export.reading.tensors import (
+    InMemoryTensor,
+    MmapTensor,
     SafetensorsFile,
-    ShardedWriter,
-    TensorSpec,
-    parse_size,
     read_safetensors_folder,
+    row_chunks,
 )
-from train.export.tensors import InMemoryTensor, MmapTensor, row_chunks
-from train.export.writer import Output, atomic_output_dir, check_target, write_outputs
+from train.export.writing.folder import Output, atomic_output_dir, check_target, write_outputs
+from train.safetensors_io import ShardedWriter, TensorSpec, parse_size
 
 
 def _tensors():
