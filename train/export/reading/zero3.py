@@ -13,7 +13,7 @@ pickle without executing it. So even a hostile file cannot run code here, and De
 not need to be importable.
 
 Files are memory-mapped (``mmap=True``): opening a 70B optimizer shard costs no RAM; the master
-weights are read region by region later (see :mod:`train.export.reading.zero3`).
+weights are read region by region later (:func:`open_zero3` below).
 
 Read a DeepSpeed ZeRO-3 checkpoint's weights straight from its partitioned files, lazily.
 
@@ -33,7 +33,7 @@ Layout (DeepSpeed 0.17–0.19, what ``engine.save_checkpoint(dir, tag)`` writes 
 This is the same reconstruction as DeepSpeed's ``zero_to_fp32`` (the tests compare the two tensor for
 tensor), but every parameter is a :class:`~train.export.reading.tensors.LazyTensor` that copies out only the
 rows asked for and then releases the mapped pages, so memory stays at one chunk for any model size.
-Files are opened through :mod:`train.export.reading.zero3` (``weights_only`` with inert placeholders).
+Files are opened through :func:`load_deepspeed_file` above (``weights_only`` with inert placeholders).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ def folder_kind(folder: Path) -> str:
 
 
 def check_files(report: VerifyReport, folder: Path) -> bool:
-
     stem = "adapter_model" if report.kind == "lora-adapter" else "model"
     config = "adapter_config.json" if report.kind == "lora-adapter" else "config.json"
     need = [
@@ -231,7 +230,6 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
 
 
 def _without_last(conv):
-
     return replace(conv, messages=conv.messages[:-1])
 
 

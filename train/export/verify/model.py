@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.tokenizer import EOT_ID
@@ -69,17 +70,12 @@ def run_model_checks(
         report.add("load", FAIL, f"{type(err).__name__}: {err}")
         return
     report.add("load", PASS, detail)
-    prompts = [_chat_ids(tokenizer, row, thinking) for _, row, thinking in _samples()]
+    prompts = [_chat_ids(tokenizer, row, thinking) for _, row, thinking in CONVERSATIONS]
     if ref is not None:
         check_logits(report, model, prompts, ref, min_top1, max_rel_err, min_margin)
     else:
         report.add("logits", SKIP, "no reference given")
     check_generate(report, model, tokenizer, max_new_tokens)
-
-
-def _samples():
-
-    return CONVERSATIONS
 
 
 def _model_params(
@@ -106,8 +102,6 @@ def _adapter_base(folder: Path, base_model: str | Path | None) -> Path | None:
 def check_weights(
     report: VerifyReport, exported: dict[str, LazyTensor], ref: Reference, progress: bool
 ) -> None:
-    from tqdm import tqdm
-
     if report.kind == "lora-adapter":
         if ref.weights.adapter is None:
             report.add("weights", FAIL, "the reference is not a LoRA checkpoint")
@@ -216,7 +210,6 @@ def _load_adapter(folder: Path, base_model: str | Path | None, tokenizer):
 
 
 def _chat_ids(tokenizer, row: dict, thinking: bool) -> torch.Tensor:
-
     conv = conversation_from_openai(row)
     enc = tokenizer.apply_chat_template(
         to_template_messages(conv),
@@ -343,7 +336,7 @@ class _ForceToken:
 def check_generate(report: VerifyReport, model, tokenizer, max_new_tokens: int) -> None:
     from transformers import LogitsProcessorList
 
-    _, row, thinking = _samples()[3]
+    _, row, thinking = CONVERSATIONS[3]
     row = {**row, "messages": row["messages"][:1]}
     ids = tokenizer.apply_chat_template(
         row["messages"],
