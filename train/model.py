@@ -236,10 +236,15 @@ def model_fingerprint(hf_config: PretrainedConfig, lora: LoraConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def meta_model(hf_config: PretrainedConfig) -> torch.nn.Module:
+    """The model on the meta device: exact shapes and counts, no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
+
+
 def param_counts(hf_config: PretrainedConfig) -> dict[str, int]:
     """Total / embedding / lm_head / largest-tensor parameter counts, from a meta-device instance."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+    model = meta_model(hf_config)
     total = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings()
