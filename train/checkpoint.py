@@ -19,6 +19,7 @@ The output dir must be on a filesystem shared by all nodes (the SLURM preflight 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import random
@@ -32,12 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from train import checksums
+from train.distributed import all_gather_objects
 from train.fileio import fsync_dir, write_json
 
 CHECKPOINTS, LATEST, STATE_FILE, DS_TAG = "checkpoints", "latest", "hermes_state.json", "ds"
 STOP_FILE = "STOP"
 # Test hook: rank 0 SIGKILLs itself in the middle of saving this step (shards written, not yet complete).
 FAULT_ENV = "HERMES_SFT_FAULT_KILL_IN_SAVE"
+# Test hook: every rank fails its save of this step with ENOSPC after DeepSpeed wrote its shards.
+FAULT_ENOSPC_ENV = "HERMES_SFT_FAULT_ENOSPC_IN_SAVE"
 
 
 def step_name(step: int) -> str:
@@ -72,23 +77,61 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def resolve_resume(run_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from under ``checkpoint.resume`` (auto | never | PATH)."""
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Files of ``ckpt`` that differ from the checksums in its ``hermes_state.json`` (empty when intact, or
+    when it was written before checkpoints carried checksums)."""
+    recorded = read_state(ckpt).get("checksums")
+    return checksums.mismatches(ckpt, recorded) if recorded else []
+
+
+def _newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """``latest`` if its files match their checksums, else the newest complete checkpoint that does."""
+    first = latest_checkpoint(run_dir)
+    candidates = [first] + [p for _, p in reversed(complete_checkpoints(run_dir)) if p != first]
+    notes = []
+    for path in candidates if first is not None else []:
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path, notes
+        notes.append(
+            f"{path.name} is corrupt ({problems[0]}); falling back to the previous complete checkpoint"
+        )
+    if notes:
+        raise ValueError(
+            f"{run_dir}: no intact checkpoint to resume from: "
+            + "; ".join(notes)
+            + ". Start a new output_dir"
+        )
+    return None, notes
+
+
+def resolve_resume(run_dir: Path, resume: str) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from under ``checkpoint.resume`` (auto | never | PATH), checksums checked,
+    and a note per corrupt checkpoint skipped (``auto`` falls back; an explicit checkpoint is refused)."""
     if resume == "never":
         if complete_checkpoints(run_dir):
             raise ValueError(
                 f"output_dir={run_dir} already holds checkpoints; use checkpoint.resume=auto to continue that "
                 "run, or choose a new output_dir"
             )
-        return None
+        return None, []
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return _newest_intact(run_dir)
     path = Path(resume)
     if not (path / STATE_FILE).is_file():  # a run dir or its checkpoints/ folder: take its latest
         run = path.parent if path.name == CHECKPOINTS else path
         path = latest_checkpoint(run) or path
     read_state(path)
-    return path
+    problems = checkpoint_problems(path)
+    if problems:
+        raise ValueError(
+            f"checkpoint.resume={resume}: {problems[0]}; name another checkpoint, or use checkpoint.resume=auto "
+            "to fall back to the newest intact one"
+        )
+    return path, []
+
+
+DATASET_KEYS = ("tokenizer_fingerprint", "template_fingerprint", "config_hash", "content_fingerprint")
 
 
 def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any], explicit: bool) -> None:
@@ -106,11 +149,8 @@ def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any]
             "start a new run from it with model.path)"
         )
     theirs, ours = state.get("dataset", {}), expected["dataset"]
-    changed = [
-        k
-        for k in ("tokenizer_fingerprint", "template_fingerprint", "config_hash")
-        if theirs.get(k) != ours.get(k)
-    ]
+    # A key the checkpoint does not record (written by an older version) is not a difference.
+    changed = [k for k in DATASET_KEYS if k in theirs and theirs.get(k) != ours.get(k)]
     if changed and not explicit:
         raise ValueError(
             f"output_dir holds a run on a different dataset ({', '.join(changed)} differ from {ckpt}); use a new "
@@ -121,13 +161,12 @@ def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any]
 def prepare_resume(
     run_dir: Path, resume: str, expected: dict[str, Any], started_at: float
 ) -> tuple[Path | None, list[str]]:
-    """Rank 0, before the engine exists: the checkpoint to resume from (checked against ``expected``),
-    after clearing what an interrupted run left (half-written checkpoints, the STOP file of the run it
-    stopped). Returns the path and a note per thing removed."""
-    path = resolve_resume(run_dir, resume)
+    """Rank 0, before the engine exists: the checkpoint to resume from (checksums and identity checked
+    against ``expected``), after clearing what an interrupted run left (half-written checkpoints, the STOP
+    file of the run it stopped). Returns the path and a note per thing skipped or removed."""
+    path, notes = resolve_resume(run_dir, resume)
     if path is not None:
         check_compatible(read_state(path), path, expected, explicit=resume not in ("auto", "never"))
-    notes = []
     stale = remove_stale_temporaries(run_dir)
     if stale:
         notes.append(f"removed incomplete checkpoint(s) from an interrupted save: {[p.name for p in stale]}")
@@ -186,7 +225,9 @@ def save_checkpoint(
     barrier: Callable[[], None],
 ) -> Path:
     """Write ``step-N`` atomically on all ranks (collective). ``files`` maps file name → JSON object
-    (written by rank 0); ``write_extra(tmp_dir)`` runs on every rank (e.g. the gathered LoRA adapter)."""
+    (written by rank 0); ``write_extra(tmp_dir)`` runs on every rank (e.g. the gathered LoRA adapter).
+    Every file is hashed into ``hermes_state.json`` (each rank hashes a share).
+    A full disk raises :class:`DiskFull` after removing the partial folder."""
     root = run_dir / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -196,29 +237,88 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
+    try:
+        _write_shards(engine, tmp, step, rank, exclude_frozen, write_extra)
+        barrier()
+        if rank == 0:
+            if os.environ.get(FAULT_ENV) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            for name, obj in files.items():
+                write_json(tmp / name, obj)
+        barrier()
+        names = checksums.tree_files(tmp, skip=[STATE_FILE])
+        world = len(all_gather_objects(None))
+        shares = all_gather_objects(checksums.digests(tmp, names[rank::world]))
+        if rank == 0:
+            hashed = {k: v for share in shares for k, v in share.items()}
+            state = state | {"checksums": checksums.manifest(hashed)}
+            _publish(tmp, final, root, state, keep_last)
+    except Exception as err:
+        raise _disk_full_or(err, tmp, root, run_dir, rank) from err
+    barrier()
+    return final
+
+
+def _write_shards(engine, tmp: Path, step: int, rank: int, exclude_frozen: bool, write_extra) -> None:
+    """Every rank's files: DeepSpeed's shards, this rank's RNG state, the ``write_extra`` files."""
     engine.save_checkpoint(str(tmp), tag=DS_TAG, exclude_frozen_parameters=exclude_frozen)
+    if os.environ.get(FAULT_ENOSPC_ENV) == str(step):  # fault-injection seam for the disk-full path
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
     (tmp / "rng").mkdir(exist_ok=True)
     write_json(tmp / "rng" / f"rank-{rank:05d}.json", rng_state())
     if write_extra is not None:
         write_extra(tmp)
-    barrier()
+
+
+def _publish(tmp: Path, final: Path, root: Path, state: dict[str, Any], keep_last: int) -> None:
+    """Rank 0: ``hermes_state.json`` last, rename into place, move ``latest``, prune."""
+    write_json(tmp / STATE_FILE, state | {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = root / f"{LATEST}.tmp"
+    pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
+    os.replace(pointer_tmp, root / LATEST)
+    fsync_dir(root)
+    prune(root.parent, keep_last)
+
+
+class DiskFull(RuntimeError):
+    """A checkpoint did not fit on its file system (the partial folder is already removed)."""
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _disk_full_or(err: Exception, tmp: Path, root: Path, run_dir: Path, rank: int) -> Exception:
+    """``err`` as :class:`DiskFull` when the file system is out of space (ENOSPC anywhere in the chain, or
+    less free space than a checkpoint needs: DeepSpeed's C++ writer only says ``iostream error``);
+    otherwise ``err`` itself. The partial folder is removed in both cases (rank 0)."""
+    needed = max((_folder_bytes(p) for _, p in complete_checkpoints(run_dir)), default=0)
+    needed = max(needed, _folder_bytes(tmp) if tmp.exists() else 0)
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    chain, enospc = err, False
+    while chain is not None:
+        enospc |= isinstance(chain, OSError) and chain.errno == errno.ENOSPC
+        chain = chain.__cause__ or chain.__context__
     if rank == 0:
-        if os.environ.get(FAULT_ENV) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        for name, obj in files.items():
-            write_json(tmp / name, obj)
-        write_json(tmp / STATE_FILE, state | {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = root / f"{LATEST}.tmp"
-        pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-        os.replace(pointer_tmp, root / LATEST)
-        fsync_dir(root)
-        prune(run_dir, keep_last)
-    barrier()
-    return final
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not (enospc or free < needed):
+        return err
+    return DiskFull(
+        f"no space left on {_mount_point(root)} while saving a checkpoint, needs ~{needed / 1e9:.1f} GB "
+        f"(free: {free / 1e9:.1f} GB); the partial {tmp.name} was removed, the previous checkpoint is intact. "
+        "Free space (or lower checkpoint.keep_last) and resume with checkpoint.resume=auto"
+    )
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def prune(run_dir: Path, keep_last: int) -> list[Path]:

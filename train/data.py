@@ -20,6 +20,7 @@ the LM head (``logits_to_keep``)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,24 @@ def dataset_identity(path: str | Path, tokenizer, manifest: dict[str, Any], num_
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "template_fingerprint": template_fingerprint(),
         "config_hash": manifest.get("config_hash"),
+        "content_fingerprint": content_fingerprint(manifest),
         "num_rows": num_rows,
     }
+
+
+def content_fingerprint(manifest: dict[str, Any]) -> str:
+    """What the dataset holds, independent of where it and its sources live: every source's content hash
+    and row counts, and the built rows and tokens per split (all from the build manifest)."""
+    per_source = {
+        label: {k: entry.get(k) for k in ("content_hash", "num_inputs", "num_samples_in", "num_samples_out")}
+        for label, entry in sorted((manifest.get("per_source") or {}).items())
+    }
+    splits = {
+        name: {k: split.get(k) for k in ("num_rows", "num_samples", "num_tokens", "num_trained_tokens")}
+        for name, split in sorted((manifest.get("splits") or {}).items())
+    }
+    blob = json.dumps({"per_source": per_source, "splits": splits}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_splits(path: str | Path, train_split: str, eval_split: str | None):

@@ -71,3 +71,12 @@ def on_rank0(fn: Callable[[], Any], rank: int, world: int, share: bool = True) -
     if kind == "error":
         raise RuntimeError(f"rank 0 failed: {value}")
     return value
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable; small: a dict of file checksums), in rank order."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -52,6 +52,7 @@ from train.model import (
 )
 from train.optim import LRSchedule, param_groups
 from train.progress import StepStats, TrainingProgress
+from train.safe_load import SafeCheckpointLoading
 
 
 class SFTRecipe:
@@ -220,6 +221,8 @@ class SFTRecipe:
         return model
 
     def _load_checkpoint(self, path: Path) -> None:
+        # Every file load_checkpoint opens goes through the allowlist loader (DeepSpeed's uses weights_only=False).
+        self.engine.checkpoint_engine = SafeCheckpointLoading(self.engine.checkpoint_engine)
         load_path, _ = self.engine.load_checkpoint(
             str(path), tag=ckpt.DS_TAG, load_module_strict=not self._exclude_frozen()
         )

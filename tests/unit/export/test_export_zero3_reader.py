@@ -10,7 +10,8 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from train.export.reading.zero3 import Opaque, load_deepspeed_file, open_zero3
+from train.export.reading.zero3 import open_zero3
+from train.safe_load import Opaque, load_deepspeed_file
 
 WORLD = 3
 

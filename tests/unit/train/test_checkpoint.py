@@ -51,16 +51,18 @@ def test_incomplete_and_temporary_folders_are_ignored(tmp_path):
 
 
 def test_resume_modes(tmp_path):
-    assert ck.resolve_resume(tmp_path, "auto") is None and ck.resolve_resume(tmp_path, "never") is None
+    assert ck.resolve_resume(tmp_path, "auto") == (None, []) and ck.resolve_resume(tmp_path, "never") == (
+        None,
+        [],
+    )
     make_ckpt(tmp_path, 3)
     (tmp_path / "checkpoints" / "latest").write_text("step-00000003\n")
-    assert ck.resolve_resume(tmp_path, "auto").name == "step-00000003"
+    assert ck.resolve_resume(tmp_path, "auto")[0].name == "step-00000003"
     with pytest.raises(ValueError, match=r"already holds checkpoints; use checkpoint\.resume=auto"):
         ck.resolve_resume(tmp_path, "never")
-    assert ck.resolve_resume(tmp_path, str(tmp_path)).name == "step-00000003"  # a run dir: its latest
-    assert (
-        ck.resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step-00000003")).name == "step-00000003"
-    )
+    assert ck.resolve_resume(tmp_path, str(tmp_path))[0].name == "step-00000003"  # a run dir: its latest
+    explicit = str(tmp_path / "checkpoints" / "step-00000003")
+    assert ck.resolve_resume(tmp_path, explicit)[0].name == "step-00000003"
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         ck.resolve_resume(tmp_path, str(tmp_path / "elsewhere"))
 

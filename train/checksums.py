@@ -1,0 +1,58 @@
+"""File checksums for checkpoints and exports: every file written is hashed into the folder's manifest.
+
+xxHash3-128 (``xxhash``): ~10 GB/s per core, so hashing costs far less than writing the bytes. A
+checkpoint records ``{"algorithm", "files": {relative path: hex digest}}`` under ``checksums`` in
+``hermes_state.json``; an export records the same object in ``checksums.json``. Resume, export and
+``verify`` recompute and compare, naming the first file that differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+ALGORITHM = "xxh3_128"
+CHUNK = 16 << 20
+
+
+def file_digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_files(folder: Path, skip: Iterable[str] = ()) -> list[str]:
+    """Every regular file under ``folder`` as a sorted POSIX relative path, minus the names in ``skip``."""
+    skip = set(skip)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() not in skip
+    )
+
+
+def digests(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    return {name: file_digest(folder / name) for name in names}
+
+
+def manifest(files: dict[str, str]) -> dict[str, Any]:
+    return {"algorithm": ALGORITHM, "files": dict(sorted(files.items()))}
+
+
+def mismatches(folder: Path, recorded: dict[str, Any]) -> list[str]:
+    """What differs from ``recorded`` (a :func:`manifest`): one line per missing or changed file."""
+    if recorded.get("algorithm") != ALGORITHM:
+        return [f"{folder}: checksums use {recorded.get('algorithm')!r}; this version checks {ALGORITHM}"]
+    problems = []
+    for name, expected in recorded.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in the checksums)")
+        elif file_digest(path) != expected:
+            problems.append(f"{path}: checksum mismatch (the file changed after it was written: corrupt)")
+    return problems
