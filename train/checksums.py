@@ -8,13 +8,18 @@ checkpoint records ``{"algorithm", "files": {relative path: hex digest}}`` under
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
+from train.fileio import write_json
+
 ALGORITHM = "xxh3_128"
+FOLDER_FILE = "checksums.json"
+"""An exported folder's checksums (every other file in it)."""
 CHUNK = 16 << 20
 
 
@@ -56,3 +61,22 @@ def mismatches(folder: Path, recorded: dict[str, Any]) -> list[str]:
         elif file_digest(path) != expected:
             problems.append(f"{path}: checksum mismatch (the file changed after it was written: corrupt)")
     return problems
+
+
+def write_folder_checksums(folder: Path) -> dict[str, Any]:
+    """Hash every file of ``folder`` (but this file) into ``folder/checksums.json``; returns the manifest."""
+    recorded = manifest(digests(folder, tree_files(folder, skip=[FOLDER_FILE])))
+    write_json(folder / FOLDER_FILE, recorded)
+    return recorded
+
+
+def folder_problems(folder: Path) -> list[str] | None:
+    """Mismatches against ``folder/checksums.json``; None when the folder has no checksums file."""
+    path = folder / FOLDER_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return [f"{path}: unreadable ({err})"]
+    return mismatches(folder, recorded)

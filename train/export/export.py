@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.checksums import FOLDER_FILE, file_digest, write_folder_checksums
 from train.export.reading.lora import adapter_tensors, export_adapter_config
 from train.export.reading.source import Source, Weights, open_weights, resolve_source
 from train.export.reading.tensors import DEFAULT_CHUNK_BYTES, LazyTensor
@@ -174,12 +175,15 @@ def _export_into(tmp: Path, job: _Job, verify: bool) -> ExportResult:
         notes=job.notes,
     )
     (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
+    recorded = write_folder_checksums(tmp)  # before verify, which checks them
     report = None
     if verify:
         reference = Reference(source.describe(), job.weights, source.tokenizer_dir, source.manifest)
         report = verify_folder(tmp, reference=reference, progress=job.progress, display_name=job.out.name)
         info.verify_rows = report.rows_for_card()
         (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
+        recorded["files"]["README.md"] = file_digest(tmp / "README.md")
+        write_json(tmp / FOLDER_FILE, recorded)
     return ExportResult(
         out_dir=job.out,
         format=fmt,

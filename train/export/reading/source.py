@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from train import checksums
 from train.export.reading.lora import LoraAdapter, merged_view, split_peft
 from train.export.reading.tensors import LazyTensor, MmapTensor, read_safetensors_folder
 from train.export.reading.zero3 import open_zero3
@@ -165,11 +166,20 @@ def _from_step(step: Path, model_config: str | Path | None, tag: str | None = No
     config, origin = _model_config(model_config, [step / "model_config.json", step / "config.json"], run_dir)
     src = Source(step, "zero3", config, origin, run_dir=run_dir, checkpoint_dir=step, ds_dir=ds_dir)
     src.hermes_state = read_json(state_file) if state_file.is_file() else None
+    _check_checksums(step, (src.hermes_state or {}).get("checksums"))
     if (step / "adapter_config.json").is_file():
         src.adapter_config = read_json(step / "adapter_config.json")
     if run_dir is not None:
         _run_files(src, run_dir)
     return src
+
+
+def _check_checksums(folder: Path, recorded: dict[str, Any] | None) -> None:
+    """Refuse a checkpoint (or exported folder) whose files differ from the checksums written with it."""
+    problems = checksums.mismatches(folder, recorded) if recorded else []
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}; refusing to export it — use an earlier checkpoint")
 
 
 def _tag(step: Path) -> str:
@@ -228,6 +238,8 @@ def _from_hf(folder: Path, model_config: str | Path | None) -> Source:
             f"{folder}: already quantized ({method}); export from the BF16 folder or the training checkpoint"
         )
     src = Source(folder, "hf", config, origin, hf_dir=folder, adapter_config=adapter_config)
+    sums = folder / checksums.FOLDER_FILE
+    _check_checksums(folder, read_json(sums) if sums.is_file() else None)
     if (folder / "tokenizer.json").is_file():
         src.tokenizer_dir = folder
     for name, attr in (("data_manifest.json", "manifest"), ("hermes_state.json", "hermes_state")):

@@ -2,6 +2,8 @@
 
 Checks, in order (each a row of the report; a failed row makes the verify fail):
 
+``checksums``       every file equals its hash in the export's ``checksums.json`` (xxh3-128); a
+                    mismatch names the file and ends the verify
 ``files``           weights (index ↔ shards ↔ tensors), config, tokenizer, template, card present
 ``config``          architecture, dtype, special ids; FP8: the ``quantization_config`` parses with
                     compressed-tensors and is FP8_DYNAMIC (channel weights, dynamic per-token
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from train.export.reading.source import open_weights, resolve_source
 from train.export.verify.folder import (
+    check_checksums,
     check_config,
     check_files,
     check_generation,
@@ -68,7 +71,7 @@ def verify_folder(
     report = VerifyReport(
         folder, folder_kind(folder), ref.description if ref else None, display_name=display_name
     )
-    if not check_files(report, folder):
+    if not check_checksums(report, folder) or not check_files(report, folder):
         return report
     check_config(report, folder)
     check_generation(report, folder)

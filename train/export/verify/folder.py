@@ -19,8 +19,9 @@ from typing import Any
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.render import IGNORE_INDEX, RenderOptions, render, render_text, template_kwargs
 from data_recipes.tokenizer import chat_template_text, load_tokenizer, template_fingerprint
+from train.checksums import FOLDER_FILE, folder_problems
 from train.export.reading.tensors import read_safetensors_folder
-from train.export.verify.report import FAIL, PASS, Reference, VerifyReport
+from train.export.verify.report import FAIL, PASS, SKIP, Reference, VerifyReport
 from train.export.writing.folder import EOS_TOKEN_IDS, SAMPLING
 
 
@@ -29,6 +30,20 @@ def folder_kind(folder: Path) -> str:
         return "lora-adapter"
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return "fp8" if "quantization_config" in config else "bf16"
+
+
+def check_checksums(report: VerifyReport, folder: Path) -> bool:
+    """Every file against the export's ``checksums.json`` (a flipped bit anywhere fails, naming the file)."""
+    problems = folder_problems(folder)
+    if problems is None:
+        report.add("checksums", SKIP, f"no {FOLDER_FILE} (written before exports carried checksums)")
+        return True
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        report.add("checksums", FAIL, problems[0] + more)
+        return False
+    report.add("checksums", PASS, f"every file matches {FOLDER_FILE}")
+    return True
 
 
 def check_files(report: VerifyReport, folder: Path) -> bool:

@@ -1,0 +1,88 @@
+"""Export integrity: every exported file is hashed into checksums.json; verify (without a reference)
+fails naming a flipped file; export refuses a corrupt source; a hostile pickle in a checkpoint runs nothing
+on the export and verify paths. (Real ZeRO-3 shards: tests/integration/test_export_zero3.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.export_fixtures import llama_config, save_llama
+from train.checksums import FOLDER_FILE
+from train.export.export import export_checkpoint
+from train.export.verify import verify_folder
+
+
+class Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def flip_bit(path: Path, offset: int = -100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("integrity")
+    src = save_llama(root / "hf", dtype=torch.bfloat16)
+    return export_checkpoint(src, root / "out", verify=False, progress=False).out_dir
+
+
+def test_every_exported_file_is_in_checksums(exported):
+    recorded = json.loads((exported / FOLDER_FILE).read_text())
+    on_disk = sorted(p.name for p in exported.iterdir() if p.name != FOLDER_FILE)
+    assert sorted(recorded["files"]) == on_disk and "model-00001-of-00001.safetensors" in on_disk
+    assert recorded["algorithm"] == "xxh3_128"
+
+
+def test_verify_without_reference_fails_on_a_flipped_bit_naming_the_file(exported, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(exported, tmp_path / "copy"))
+    flip_bit(copy / "model-00001-of-00001.safetensors")  # a weight byte, not the header: the file still loads
+    report = verify_folder(copy)
+    assert not report.ok
+    assert (
+        report.check("checksums").detail
+        == f"{copy}/model-00001-of-00001.safetensors: checksum mismatch (the file changed after it was written: corrupt)"
+    )
+    with pytest.raises(
+        ValueError, match=r"model-00001-of-00001\.safetensors: checksum mismatch.*refusing to export"
+    ):
+        export_checkpoint(copy, tmp_path / "again", verify=False, progress=False)
+
+
+def _zero3_step(folder: Path, payload: object) -> Path:
+    """A checkpoint step folder whose optimizer file carries ``payload``."""
+    ds = folder / "ds"
+    ds.mkdir(parents=True)
+    (folder / "latest").write_text("ds")
+    (folder / "model_config.json").write_text(json.dumps(llama_config().to_dict()))
+    (folder / "hermes_state.json").write_text(json.dumps({"step": 1}))
+    for r in range(2):
+        torch.save(
+            {"param_shapes": [], "ds_version": "0.19.8"}, ds / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"
+        )
+        optim = {"optimizer_state_dict": {"zero_stage": 3, "partition_count": 2, "payload": payload}}
+        torch.save(optim, ds / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+    return folder
+
+
+def test_a_hostile_pickle_runs_nothing_on_export_or_verify(exported, tmp_path):
+    marker = tmp_path / "pwned"
+    step = _zero3_step(tmp_path / "step-00000001", Evil(str(marker)))
+    with pytest.raises(ValueError, match=r"optim_states\.pt: unreadable checkpoint file"):
+        export_checkpoint(step, tmp_path / "out", verify=False, progress=False)
+    with pytest.raises(ValueError, match=r"optim_states\.pt: unreadable checkpoint file"):
+        verify_folder(exported, reference=step)
+    assert not marker.exists()
