@@ -208,6 +208,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states)
 
 
+def restore_rng(ckpt: Path, rank: int) -> None:
+    """This rank's generator states from ``ckpt/rng/rank-R.json`` (absent in older checkpoints: kept)."""
+    rng_file = ckpt / "rng" / f"rank-{rank:05d}.json"
+    if rng_file.is_file():
+        set_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
+
+
 # ------------------------------------------------------------------------------------------------ saving
 
 

@@ -46,11 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1 (one rank per GPU)")
     cfg = load_train_config(args.config, args.overrides)
     if args.check:
         print(settings_text(cfg, args.config, args.world_size))
         return 0
-    if args.nproc_per_node:
+    if args.nproc_per_node is not None:
         child = [
             "-m",
             "train.cli",

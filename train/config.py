@@ -202,8 +202,14 @@ class DistributedConfig:
     Its "auto" values are filled from this config."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Collective backend; auto = nccl on GPU, gloo on CPU."""
-    timeout_minutes: int = 30
-    """Collective timeout before a hung rank fails the job."""
+    timeout_minutes: int = 10
+    """Collective timeout: a rank that stops answering (hung, stopped, its node gone) fails the job after
+    this long instead of torch's 30-minute default. It bounds every wait between ranks, including rank 0
+    writing a checkpoint's last files while the others wait: raise it if one save or load takes longer."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_minutes < 1:
+            raise ValueError(f"distributed.timeout_minutes={self.timeout_minutes}: must be at least 1")
 
 
 @dataclass

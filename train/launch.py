@@ -6,19 +6,27 @@
 * Nothing set: one process, rank 0 of 1.
 * ``--nproc-per-node N``: this process becomes a small supervisor that starts N ranks, forwards SIGTERM /
   SIGUSR1 to them (they checkpoint and exit 0) and stops the others if one fails. It has no time limit
-  on a graceful stop (torchrun's default is 30 s, too short to save a 70B checkpoint).
+  on a graceful stop (torchrun's default is 30 s, too short to save a 70B checkpoint). The ranks never
+  outlive it: each asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGTERM)``) for a SIGTERM when the
+  supervisor dies, even by SIGKILL, so they checkpoint and exit. A rank that is stopped (SIGSTOP, a
+  frozen job step) for ``stalled_sec`` is named and the run ends, instead of the others waiting in a
+  collective until its timeout (``distributed.timeout_minutes``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 PORT_BASE, PORT_SPAN = 20000, 20000
+PR_SET_PDEATHSIG = 1
+STALLED_SEC = 120.0
 
 
 def free_port() -> int:
@@ -99,20 +107,47 @@ def worker_env(base: dict[str, str], rank: int, nproc: int, port: int, cpus: int
     return env
 
 
+def die_with_parent(parent: int) -> None:
+    """In a rank, before exec: SIGTERM when the supervisor (``parent``) dies (Linux ``prctl``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (state T: SIGSTOP, a suspended job) per /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 def spawn_local(
-    nproc: int, python_args: list[str], master_port: int | None = None, grace_sec: float = 5.0
+    nproc: int,
+    python_args: list[str],
+    master_port: int | None = None,
+    grace_sec: float = 5.0,
+    stalled_sec: float = STALLED_SEC,
 ) -> int:
     """Run ``python <python_args>`` as ``nproc`` local ranks (RANK etc. set); return the first failure's
     exit code, or 0 when all ranks exit 0."""
     if nproc < 1:
-        raise ValueError("--nproc-per-node must be >= 1")
+        raise ValueError(f"--nproc-per-node {nproc}: must be at least 1")
     port = master_port or free_port()
     cmd = [sys.executable, *python_args]
     base = dict(os.environ)
     if not _has_cuda():
         base.setdefault("DS_ACCELERATOR", "cpu")
+    me = os.getpid()
     procs = [
-        subprocess.Popen(cmd, env=worker_env(base, r, nproc, port, os.cpu_count() or 1)) for r in range(nproc)
+        subprocess.Popen(
+            cmd,
+            env=worker_env(base, r, nproc, port, os.cpu_count() or 1),
+            preexec_fn=lambda: die_with_parent(me),
+        )
+        for r in range(nproc)
     ]
     forwarded: list[int] = []
 
@@ -124,7 +159,7 @@ def spawn_local(
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        return _supervise(procs, grace_sec)
+        return _supervise(procs, grace_sec, stalled_sec)
     except KeyboardInterrupt:
         _stop_all(procs, signal.SIGINT, grace_sec)
         return 130
@@ -133,8 +168,20 @@ def spawn_local(
             signal.signal(sig, handler)
 
 
-def _supervise(procs: list[subprocess.Popen], grace_sec: float) -> int:
+def _supervise(procs: list[subprocess.Popen], grace_sec: float, stalled_sec: float) -> int:
+    since: dict[int, float] = {}  # rank -> when it was first seen stopped
     while True:
+        rank = _stalled_rank(procs, since, stalled_sec)
+        if rank is not None:
+            print(
+                f"hermes-sft train: rank {rank} (pid {procs[rank].pid}) has been stopped (SIGSTOP / suspended) "
+                f"for {stalled_sec:.0f} s; the other ranks cannot finish a collective without it: ending the "
+                "run (resume with checkpoint.resume=auto)",
+                file=sys.stderr,
+                flush=True,
+            )
+            _stop_all(procs, signal.SIGKILL, grace_sec)  # SIGKILL also ends a stopped process
+            return 1
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0)]
         if failed:
@@ -143,6 +190,17 @@ def _supervise(procs: list[subprocess.Popen], grace_sec: float) -> int:
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.2)
+
+
+def _stalled_rank(procs: list[subprocess.Popen], since: dict[int, float], stalled_sec: float) -> int | None:
+    """The first rank stopped for ``stalled_sec`` (``since`` remembers when each was first seen stopped)."""
+    now = time.monotonic()
+    for rank, p in enumerate(procs):
+        if not stopped(p.pid):
+            since.pop(rank, None)
+        elif now - since.setdefault(rank, now) >= stalled_sec:
+            return rank
+    return None
 
 
 def _stop_all(procs: list[subprocess.Popen], sig: int, grace_sec: float) -> None:

@@ -7,7 +7,6 @@ The whole optimizer step is :meth:`SFTRecipe.train_step`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import timedelta
@@ -52,6 +51,7 @@ from train.model import (
 )
 from train.optim import LRSchedule, param_groups
 from train.progress import StepStats, TrainingProgress
+from train.run_lock import RunLock
 from train.safe_load import SafeCheckpointLoading
 
 
@@ -71,6 +71,7 @@ class SFTRecipe:
         self.device = torch.device("cpu")
         self.layout: BatchLayout | None = None
         self.stop = ckpt.StopRequest()  # replaced (with rank 0's stop file) and installed by setup
+        self.lock = RunLock(self.run_dir)  # taken by rank 0 before it looks at the checkpoints
         # data (_read_inputs, _setup_data)
         self.manifest: dict[str, Any] = {}
         self.ds_template: dict[str, Any] = {}
@@ -113,10 +114,8 @@ class SFTRecipe:
             self._load_checkpoint(resume_from)
         on_rank0(self._write_run_files, self.rank, self.world)
         if self.rank == 0:
-            cfg = self.cfg
-            self.metrics = MetricsWriter(
-                self.run_dir, cfg.logging, cfg.schedule.steps, self.progress.step, config_as_dict(cfg)
-            )
+            args = (self.cfg.logging, self.cfg.schedule.steps, self.progress.step, config_as_dict(self.cfg))
+            self.metrics = MetricsWriter(self.run_dir, *args)
         self.status = "ready"
 
     def _read_inputs(self) -> None:
@@ -166,10 +165,11 @@ class SFTRecipe:
         expected = dict(model_fingerprint=self.fingerprint, world_size=self.world, dataset=self.dataset_id)
 
         def decide() -> Path | None:
+            taken_over = self.lock.acquire()  # one live run per output_dir; held until this process ends
             path, notes = ckpt.prepare_resume(
                 self.run_dir, self.cfg.checkpoint.resume, expected, self._started_at
             )
-            for note in notes:
+            for note in filter(None, [taken_over, *notes]):
                 self._info(note)
             return path
 
@@ -231,9 +231,7 @@ class SFTRecipe:
                 f"{path}: DeepSpeed could not load the checkpoint (is {path}/{ckpt.DS_TAG} complete?)"
             )
         self.progress.load_state_dict(ckpt.read_state(path))
-        rng_file = path / "rng" / f"rank-{self.rank:05d}.json"
-        if rng_file.is_file():
-            ckpt.set_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
+        ckpt.restore_rng(path, self.rank)
         self.resumed_from = self.last_checkpoint = path
         self._saved_step = self.progress.step
         self._info(
@@ -440,6 +438,7 @@ class SFTRecipe:
     def cleanup(self) -> dict[str, Any] | None:
         """Close sinks, write summary.json + loss.png and print the summary (rank 0); tear down."""
         self.stop.uninstall()
+        self.lock.release()
         summary = None
         if self.metrics is not None:  # rank 0
             self.metrics.close()
@@ -469,6 +468,7 @@ class SFTRecipe:
         must see, not a follow-up from the cleanup."""
         try:
             self.stop.uninstall()
+            self.lock.release()
             if self.metrics is not None:
                 self.metrics.close()
         except Exception as err:  # reported; the original error propagates

@@ -104,5 +104,60 @@ def test_supervisor_forwards_sigusr1_and_returns_zero(tmp_path):
 
 
 def test_nproc_must_be_positive():
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match="--nproc-per-node 0: must be at least 1"):
         spawn_local(0, ["-c", "pass"])
+
+
+def test_nproc_zero_is_refused_by_the_cli(capsys):
+    from train.cli import main
+
+    assert main(["train", "configs/tiny-cpu.yaml", "--nproc-per-node", "0", "--check"]) == 2
+    assert "--nproc-per-node 0: must be at least 1" in capsys.readouterr().err
+
+
+def _supervisor(tmp_path: Path, stalled_sec: float = 120.0):
+    import subprocess
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
+        from train.launch import spawn_local
+        sys.exit(spawn_local(2, ["-c", {CHILD!r}, {str(tmp_path)!r}], stalled_sec={stalled_sec}))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def test_ranks_do_not_outlive_a_killed_supervisor(tmp_path):
+    import signal
+
+    proc = _supervisor(tmp_path)
+    proc.kill()  # SIGKILL: the supervisor cannot forward anything
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not all((tmp_path / f"stopped-{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the kernel's parent-death signal: SIGTERM, so a real rank saves a checkpoint and exits 0
+    assert {(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)} == {signal.Signals.SIGTERM.name}
+
+
+def test_a_stopped_rank_is_named_and_ends_the_run(tmp_path):
+    import signal
+    import subprocess
+
+    proc = _supervisor(tmp_path, stalled_sec=1.0)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    pids = {int(p) for p in children}
+    rank1 = next(p for p in pids if "RANK=1\0" in Path(f"/proc/{p}/environ").read_text(errors="replace"))
+    os.kill(rank1, signal.SIGSTOP)
+    start = time.monotonic()
+    assert proc.wait(timeout=30) == 1
+    assert time.monotonic() - start < 15
+    err = proc.stderr.read()
+    assert f"rank 1 (pid {rank1}) has been stopped (SIGSTOP / suspended) for 1 s" in err
+    assert not any(Path(f"/proc/{p}").exists() for p in pids)
