@@ -16,6 +16,7 @@ from peft import get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from train.checksums import weights_fingerprint
 from train.config import LoraConfig
 from train.model import gather_to_rank0
 
@@ -72,12 +73,14 @@ def write_adapter(peft_model, folder: Path, rank: int) -> None:
     )
 
 
-def lora_state(lora: LoraConfig, exclude_frozen: bool) -> dict[str, Any]:
-    """The ``lora`` entry of hermes_state.json: the adapter's shape and where its frozen base lives."""
+def lora_state(lora: LoraConfig, exclude_frozen: bool, base_path: Path | None) -> dict[str, Any]:
+    """The ``lora`` entry of hermes_state.json: the adapter's shape, whether its frozen base is in the
+    checkpoint, and the base folder's weights fingerprint (export refuses to merge into another base)."""
     return {
         "r": lora.r,
         "alpha": lora.alpha,
         "dropout": lora.dropout,
         "target_modules": list(lora.target_modules),
         "frozen_in_checkpoint": not exclude_frozen,
+        "base_fingerprint": weights_fingerprint(base_path) if base_path and base_path.is_dir() else None,
     }

@@ -413,7 +413,8 @@ class SFTRecipe:
 
     def _state(self) -> dict[str, Any]:
         """hermes_state.json: the progress counters plus what a resume checks and export reads."""
-        cfg = self.cfg
+        cfg, base = self.cfg, self.base_model_path
+        lora = lora_state(cfg.lora, self._exclude_frozen(), base) if cfg.lora.enabled else None
         return {
             "format_version": 1,
             **self.progress.state_dict(),
@@ -428,8 +429,8 @@ class SFTRecipe:
             "model_source": {"path": str(Path(cfg.model.path).resolve())}
             if cfg.model.path
             else {"preset": cfg.model.preset},
-            "base_model": str(self.base_model_path) if self.base_model_path else None,
-            "lora": lora_state(cfg.lora, self._exclude_frozen()) if cfg.lora.enabled else None,
+            "base_model": str(base) if base else None,
+            "lora": lora,
             "dataset": self.dataset_id,
         }
 

@@ -297,6 +297,20 @@ def test_lora_merge_against_a_base_of_other_shapes(lora_run, tmp_path):
         export_checkpoint(run, tmp_path / "o", merge_lora=True, verify=False, progress=False)
 
 
+def test_lora_merge_refuses_another_base_of_the_same_shape(lora_run, tmp_path):
+    from transformers import LlamaConfig
+
+    from tests.export_fixtures import save_llama
+
+    config = LlamaConfig.from_dict(json.loads((_step(lora_run) / "model_config.json").read_text()))
+    other = save_llama(tmp_path / "other_base", config, seed=123, with_tokenizer=False)
+    with pytest.raises(ValueError, match=r"other_base is not the one this adapter was trained on"):
+        export_checkpoint(
+            lora_run, tmp_path / "o", merge_lora=True, base_model=other, verify=False, progress=False
+        )
+    assert not (tmp_path / "o").exists()
+
+
 def test_fp8_names_layers_that_cannot_be_quantized(tmp_path, capsys):
     from tests.export_fixtures import llama_config, save_llama
 

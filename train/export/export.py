@@ -114,6 +114,10 @@ def export_checkpoint(
     out = Path(out).expanduser().resolve()
     protect = [p for p in (source.path, source.checkpoint_dir, source.hf_dir, source.base_model_dir) if p]
     check_target(out, overwrite, protect)
+    if merge_lora and not source.is_lora:
+        raise ValueError(
+            f"--merge-lora: {src} is a full fine-tuning run, not a LoRA adapter; drop --merge-lora"
+        )
     weights = open_weights(source)
     notes = [*source.notes, *weights.notes]
     adapter_only = source.is_lora and not merge_lora and fmt == "bf16"

@@ -86,3 +86,20 @@ def test_a_hostile_pickle_runs_nothing_on_export_or_verify(exported, tmp_path):
     with pytest.raises(ValueError, match=r"optim_states\.pt: unreadable checkpoint file"):
         verify_folder(exported, reference=step)
     assert not marker.exists()
+
+
+def test_merge_lora_on_a_full_model_is_refused(exported, tmp_path):
+    with pytest.raises(ValueError, match=r"--merge-lora: .* is a full fine-tuning run, not a LoRA adapter"):
+        export_checkpoint(exported, tmp_path / "out", merge_lora=True, verify=False, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_fingerprint_tells_same_shaped_models_apart(tmp_path):
+    import shutil
+
+    from train.checksums import weights_fingerprint
+
+    a = save_llama(tmp_path / "a", seed=0, with_tokenizer=False)
+    b = save_llama(tmp_path / "b", seed=1, with_tokenizer=False)
+    copy = shutil.copytree(a, tmp_path / "copy")
+    assert weights_fingerprint(a) == weights_fingerprint(copy) != weights_fingerprint(b)

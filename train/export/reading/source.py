@@ -429,7 +429,22 @@ def _lora_weights(
     else:
         what = f"base weights in {src.ds_dir}"
     check_weights_match(_shapes(base), layout, what, src.config_origin)
+    if what.startswith("base model"):
+        _check_base_fingerprint(src)
     return Weights(layout, base, adapter, notes)
+
+
+def _check_base_fingerprint(src: Source) -> None:
+    """The base folder must hold the weights the adapter was trained on (a model of the same shape is not
+    enough: merging into it gives a model that loads, verifies and is wrong)."""
+    recorded = ((src.hermes_state or {}).get("lora") or {}).get("base_fingerprint")
+    if recorded and src.base_model_dir is not None:
+        found = checksums.weights_fingerprint(src.base_model_dir)
+        if found != recorded:
+            raise ValueError(
+                f"base model {src.base_model_dir} is not the one this adapter was trained on (weights "
+                f"fingerprint {found}, recorded at training {recorded}); pass --base-model with that model"
+            )
 
 
 def _read_hf(folder: Path) -> dict[str, LazyTensor]:
