@@ -84,12 +84,14 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
     return checksums.mismatches(ckpt, recorded) if recorded else []
 
 
-def _newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """``latest`` if its files match their checksums, else the newest complete checkpoint that does."""
+def _newest_intact(run_dir: Path, check: Callable[[Path], None]) -> tuple[Path | None, list[str]]:
+    """``latest`` if its files match their checksums, else the newest complete checkpoint that does
+    (``check`` runs on each candidate first: refusing a checkpoint needs no hashing of its files)."""
     first = latest_checkpoint(run_dir)
     candidates = [first] + [p for _, p in reversed(complete_checkpoints(run_dir)) if p != first]
     notes = []
     for path in candidates if first is not None else []:
+        check(path)
         problems = checkpoint_problems(path)
         if not problems:
             return path, notes
@@ -105,9 +107,12 @@ def _newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, notes
 
 
-def resolve_resume(run_dir: Path, resume: str) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from under ``checkpoint.resume`` (auto | never | PATH), checksums checked,
-    and a note per corrupt checkpoint skipped (``auto`` falls back; an explicit checkpoint is refused)."""
+def resolve_resume(
+    run_dir: Path, resume: str, check: Callable[[Path], None] = lambda path: None
+) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from under ``checkpoint.resume`` (auto | never | PATH), ``check``-ed and
+    then its checksums verified, and a note per corrupt checkpoint skipped (``auto`` falls back to the
+    previous complete one; an explicit checkpoint is refused)."""
     if resume == "never":
         if complete_checkpoints(run_dir):
             raise ValueError(
@@ -116,12 +121,13 @@ def resolve_resume(run_dir: Path, resume: str) -> tuple[Path | None, list[str]]:
             )
         return None, []
     if resume == "auto":
-        return _newest_intact(run_dir)
+        return _newest_intact(run_dir, check)
     path = Path(resume)
     if not (path / STATE_FILE).is_file():  # a run dir or its checkpoints/ folder: take its latest
         run = path.parent if path.name == CHECKPOINTS else path
         path = latest_checkpoint(run) or path
     read_state(path)
+    check(path)
     problems = checkpoint_problems(path)
     if problems:
         raise ValueError(
@@ -164,9 +170,10 @@ def prepare_resume(
     """Rank 0, before the engine exists: the checkpoint to resume from (checksums and identity checked
     against ``expected``), after clearing what an interrupted run left (half-written checkpoints, the STOP
     file of the run it stopped). Returns the path and a note per thing skipped or removed."""
-    path, notes = resolve_resume(run_dir, resume)
-    if path is not None:
-        check_compatible(read_state(path), path, expected, explicit=resume not in ("auto", "never"))
+    explicit = resume not in ("auto", "never")
+    path, notes = resolve_resume(
+        run_dir, resume, lambda p: check_compatible(read_state(p), p, expected, explicit)
+    )
     stale = remove_stale_temporaries(run_dir)
     if stale:
         notes.append(f"removed incomplete checkpoint(s) from an interrupted save: {[p.name for p in stale]}")
@@ -318,10 +325,14 @@ def _disk_full_or(err: Exception, tmp: Path, root: Path, run_dir: Path, rank: in
     if not (enospc or free < needed):
         return err
     return DiskFull(
-        f"no space left on {_mount_point(root)} while saving a checkpoint, needs ~{needed / 1e9:.1f} GB "
-        f"(free: {free / 1e9:.1f} GB); the partial {tmp.name} was removed, the previous checkpoint is intact. "
+        f"no space left on {_mount_point(root)} while saving a checkpoint, needs ~{_gb(needed)} GB "
+        f"(free: {_gb(free)} GB); the partial {tmp.name} was removed, the previous checkpoint is intact. "
         "Free space (or lower checkpoint.keep_last) and resume with checkpoint.resume=auto"
     )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f}" if n >= 1e8 else f"{n / 1e9:.3f}"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -1,12 +1,14 @@
 """The trainer for real: 2 ranks, DeepSpeed ZeRO-3 over gloo, the tiny Llama, the bundled sample data.
 
 Launches (each ~15-25 s): the checked full run (``trained_run``), a SIGTERM'd run, a resume killed in the
-middle of its save, the final resume, a LoRA run and a LoRA resume, and two one-rank refusals.
+middle of its save, the final resume, a LoRA run and a LoRA resume, a resume past a corrupt shard into
+a full disk, a resume refusing a hostile pickle, and two one-rank refusals.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -256,3 +258,72 @@ def test_refuses_an_output_dir_holding_another_models_checkpoints(
     assert out.returncode == 2, out.stderr[-2000:]
     assert "was written for a different model" in out.stderr
     assert not (run / "run.yaml").exists()  # refused before writing anything
+
+
+# ----------------------------------------------------------------------------- integrity and safety
+
+
+def _flip_bit(path: Path, offset: int = -200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_shard_falls_back_and_a_full_disk_is_reported(
+    trained_run, tmp_path, sample_dataset, launcher
+):
+    """One launch, two faults: a flipped bit in the newest checkpoint's ZeRO-3 shard (resume falls back to
+    the previous checkpoint, saying so, and still reproduces the straight run) and a full disk while saving
+    the final checkpoint (a clear line, the partial folder removed, the previous checkpoint intact)."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    bad = run / "checkpoints" / "step-00000006" / "ds" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    _flip_bit(bad)
+    args = [f"output_dir={run}", f"data.path={sample_dataset}", *launcher.full_overrides]
+    log = tmp_path / "resume.log"
+    rc = launcher.run(launcher.cmd(*args), log, launcher.env(HERMES_SFT_FAULT_ENOSPC_IN_SAVE="6"))
+    text = log.read_text(errors="replace")
+    assert rc != 0, launcher.tail(log)
+    assert f"step-00000006 is corrupt ({bad}: checksum mismatch" in text
+    assert "falling back to the previous complete checkpoint" in text
+    assert "resumed from" in text and "step-00000003 at step 3" in text
+    assert {s: losses(run)[s] for s in (4, 5, 6)} == {s: losses(trained_run)[s] for s in (4, 5, 6)}
+    assert (
+        "no space left on " in text
+        and ", needs ~" in text
+        and "the partial .tmp-step-00000006 was removed" in text
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000003",
+        "step-00000006",
+    ]
+
+
+def test_resume_never_runs_a_pickled_payload(trained_run, tmp_path, sample_dataset, launcher):
+    """A model-states file whose pickle calls os.system, with its checksum updated to match (an attacker
+    who can write the folder can rewrite hermes_state.json too): resume refuses it, nothing runs."""
+    from train.checksums import file_digest
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    step = run / "checkpoints" / "step-00000006"
+    target = step / "ds" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    marker = tmp_path / "pwned"
+    state = torch.load(target, weights_only=False)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, target)
+    hermes = json.loads((step / "hermes_state.json").read_text())
+    hermes["checksums"]["files"]["ds/zero_pp_rank_0_mp_rank_00_model_states.pt"] = file_digest(target)
+    (step / "hermes_state.json").write_text(json.dumps(hermes))
+    args = [f"output_dir={run}", f"data.path={sample_dataset}", *launcher.full_overrides, "schedule.steps=7"]
+    log = tmp_path / "resume.log"
+    assert launcher.run(launcher.cmd(*args), log) != 0
+    assert "the pickle names ['posix.system'], which a DeepSpeed checkpoint never holds" in log.read_text()
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
