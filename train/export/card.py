@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from train.export.serving import serving_section
+
 
 @dataclass
 class CardInfo:
@@ -77,33 +79,9 @@ def _summary(info: CardInfo) -> list[str]:
 
 def _serving(info: CardInfo) -> list[str]:
     if info.fmt == "lora-adapter":
-        base = info.base_model or "BASE_MODEL_DIR"
-        return [
-            "## Serve",
-            "",
-            "```bash",
-            f"vllm serve {base} --enable-lora --lora-modules hermes=./ \\",
-            "    --enable-auto-tool-choice --tool-call-parser hermes",
-            "```",
-            "",
-            "Or merge it first: `hermes-sft export CHECKPOINT --merge-lora --out DIR`.",
-            "",
-        ]
+        return serving_section(lora_base=info.base_model or "BASE_MODEL_DIR")
     return [
-        "## Serve",
-        "",
-        "vLLM (tool calls parsed by its `hermes` parser):",
-        "",
-        "```bash",
-        "vllm serve ./ --enable-auto-tool-choice --tool-call-parser hermes",
-        "```",
-        "",
-        "SGLang:",
-        "",
-        "```bash",
-        "python -m sglang.launch_server --model-path ./ --tool-call-parser qwen25",
-        "```",
-        "",
+        *serving_section(),
         "transformers:",
         "",
         "```python",
@@ -111,14 +89,9 @@ def _serving(info: CardInfo) -> list[str]:
         'tok = AutoTokenizer.from_pretrained("./")',
         'model = AutoModelForCausalLM.from_pretrained("./", dtype="auto")',
         'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
-        '                              return_tensors="pt", return_dict=True)',
+        '                              enable_thinking=False, return_tensors="pt", return_dict=True)',
         "out = model.generate(**ids, max_new_tokens=256)  # sampling and stop ids from generation_config.json",
         "```",
-        "",
-        "Reasoning mode is off by default. Turn it on with the template flag `thinking=True`: "
-        "`apply_chat_template(..., thinking=True)`, or per request on an OpenAI-compatible server with "
-        '`extra_body={"chat_template_kwargs": {"thinking": True}}`. The model then opens its reply with '
-        "`<think>…</think>`; vLLM's `--reasoning-parser qwen3` splits it into `reasoning_content`.",
         "",
     ]
 

@@ -10,6 +10,8 @@ Checks, in order (each a row of the report; a failed row makes the verify fail):
 ``template``        the chat template equals the training one byte for byte (and the dataset
                     manifest's fingerprint)
 ``template_parity`` ``apply_chat_template`` of the exported tokenizer == the training renderer's ids
+``round_trip``      generations split as vLLM / SGLang do (recommended parsers), echoed back and
+                    re-rendered by the exported tokenizer give the generated tokens again
 ``load``            ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it (FP8 decompressed through
                     compressed-tensors; adapters through PEFT on their base) with no missing or
                     unexpected weights
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from train.export.files import EOS_TOKEN_IDS, SAMPLING, TOKENIZER_FILES, template_fingerprint
+from train.export.serving import round_trip_summary
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -147,6 +150,7 @@ def verify_folder(
     tokenizer = check_template_parity(report, folder, ref)
     if tokenizer is None:
         return report
+    check_round_trip(report, tokenizer)
     verify_model.run_model_checks(
         report,
         folder,
@@ -376,6 +380,12 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
         "template_parity", FAIL if mismatches else PASS, "; ".join(mismatches) if mismatches else detail
     )
     return exported
+
+
+def check_round_trip(report: VerifyReport, tokenizer) -> None:
+    """The serving round trip (``train/export/serving.py``) through the exported tokenizer."""
+    ok, detail, metrics = round_trip_summary(tokenizer)
+    report.add("round_trip", PASS if ok else FAIL, detail, **metrics)
 
 
 def _without_last(conv):
