@@ -25,7 +25,7 @@ def test_round_trip_row_passes_for_the_exported_tokenizer(tmp_path):
     assert row.status == PASS, row.detail
     assert "vllm hermes + qwen3 20/20" in row.detail and "sglang qwen25 + qwen3 20/20" in row.detail
     assert "vllm hermes + deepseek_r1 10/20" in row.detail  # reported, not judged
-    assert ("round_trip", "PASS") == report.rows_for_card()[0][:2]
+    assert report.rows_for_card()[0][:2] == ("round_trip", "PASS")
 
 
 def test_round_trip_row_fails_a_template_that_does_not_trim(tmp_path):
