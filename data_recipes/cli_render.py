@@ -20,7 +20,13 @@ from data_recipes.sources import iter_rows, resolve
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--thinking", action="store_true", help="use the deep-thinking system prompt")
+    parser.add_argument(
+        "--thinking",
+        "--enable-thinking",
+        dest="thinking",
+        action="store_true",
+        help="use the deep-thinking system prompt (the template's thinking / enable_thinking)",
+    )
     parser.add_argument(
         "--history",
         choices=HISTORY_POLICIES,
