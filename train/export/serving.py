@@ -51,113 +51,19 @@ class Setup:
     sends_enable_thinking: bool
     """Whether every request carries ``chat_template_kwargs.enable_thinking`` (True or False)."""
     recommended: bool
-    summary: str
 
 
 SETUPS: tuple[Setup, ...] = (
-    Setup(
-        "vllm hermes + qwen3",
-        "vllm",
-        "qwen3",
-        True,
-        True,
-        "reasoning in reasoning_content, calls in tool_calls",
-    ),
-    Setup(
-        "vllm hermes, no reasoning parser",
-        "vllm",
-        None,
-        True,
-        True,
-        "calls parsed; the `<think>` block stays inline in `content` (the template splits it again)",
-    ),
-    Setup(
-        "sglang qwen25 + qwen3",
-        "sglang",
-        "qwen3",
-        True,
-        True,
-        "reasoning in reasoning_content, calls in tool_calls",
-    ),
-    Setup(
-        "vllm hermes + qwen3, without enable_thinking",
-        "vllm",
-        "qwen3",
-        False,
-        False,
-        "(neither `--default-chat-template-kwargs` nor the request sets it) a reply without `<think>` is "
-        "all reasoning: its answer and tool calls are lost",
-    ),
-    Setup(
-        "vllm hermes + deepseek_r1",
-        "vllm",
-        "deepseek_r1",
-        True,
-        False,
-        "a reply without `<think>` is all reasoning, whatever the request says: answer and calls lost",
-    ),
-    Setup(
-        "sglang qwen25 + qwen3, without enable_thinking",
-        "sglang",
-        "qwen3",
-        False,
-        False,
-        "a reply without `<think>` is reasoning up to its first `<tool_call>` (or entirely)",
-    ),
+    # the export's model card recommends the first three (train/export/card.py)
+    Setup("vllm hermes + qwen3", "vllm", "qwen3", sends_enable_thinking=True, recommended=True),
+    Setup("vllm hermes, no reasoning parser", "vllm", None, sends_enable_thinking=True, recommended=True),
+    Setup("sglang qwen25 + qwen3", "sglang", "qwen3", sends_enable_thinking=True, recommended=True),
+    # what breaks: a reply without <think> becomes (partly) reasoning and loses its answer / calls
+    Setup("vllm hermes + qwen3, without enable_thinking", "vllm", "qwen3", False, False),
+    Setup("vllm hermes + deepseek_r1", "vllm", "deepseek_r1", True, False),
+    Setup("sglang qwen25 + qwen3, without enable_thinking", "sglang", "qwen3", False, False),
 )
 RECOMMENDED = tuple(s for s in SETUPS if s.recommended)
-
-VLLM_COMMAND = (
-    "vllm serve {model} --enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser qwen3 \\\n"
-    "    --default-chat-template-kwargs '{{\"enable_thinking\": false}}'"
-)
-SGLANG_COMMAND = (
-    "python -m sglang.launch_server --model-path {model} --tool-call-parser qwen25 --reasoning-parser qwen3"
-)
-REQUEST_KWARGS = 'extra_body={"chat_template_kwargs": {"enable_thinking": True}}'
-"""Per request, to turn reasoning on (send ``False`` explicitly to SGLang when it is off)."""
-
-
-def serving_section(model: str = "./", lora_base: str | None = None) -> list[str]:
-    """The model card's "Serve" section: the commands whose parsing round-trips (tested), and what
-    breaks with the other parsers."""
-    if lora_base is not None:
-        vllm = VLLM_COMMAND.format(
-            model=f"{lora_base} --tokenizer {model} --enable-lora --lora-modules hermes={model}"
-        )
-        engines = [
-            "vLLM (the adapter's folder holds the Hermes tokenizer and template):",
-            "",
-            "```bash",
-            vllm,
-            "```",
-        ]
-        engines += [
-            "",
-            "SGLang: merge the adapter first (`hermes-sft export CHECKPOINT --merge-lora --out DIR`).",
-        ]
-    else:
-        engines = ["vLLM:", "", "```bash", VLLM_COMMAND.format(model=model), "```", "", "SGLang:", ""]
-        engines += ["```bash", SGLANG_COMMAND.format(model=model), "```"]
-    return [
-        "## Serve",
-        "",
-        *engines,
-        "",
-        "Reasoning mode is off by default. Turn it on per request with "
-        f"`{REQUEST_KWARGS}` (`enable_thinking` is an alias of the template's `thinking`; it is the name "
-        'the reasoning parsers read). On SGLang, send `{"enable_thinking": false}` explicitly when it is '
-        "off. Every request should say which mode it is in: the parser decides from it whether a reply "
-        "without `<think>` is an answer or unfinished reasoning.",
-        "",
-        "With these commands the server's split of a reply (`reasoning_content`, `content`, `tool_calls`, "
-        "single or parallel calls) re-renders, when an agent sends it back, to exactly the tokens the "
-        "model generated (checked by `hermes-sft verify`, row `round_trip`). What breaks with other set-ups:",
-        "",
-        *[f"- {s.name}: {s.summary}." for s in SETUPS if not s.recommended],
-        "- no `--tool-call-parser hermes` (vLLM) / `qwen25` (SGLang): calls come back as text in `content`.",
-        "",
-    ]
 
 
 def vllm_reasoning(text: str, parser: str, enable_thinking: bool | None) -> tuple[str | None, str | None]:

@@ -272,12 +272,14 @@ def test_summary_passes_and_names_every_setup(exported):
 @pytest.mark.parametrize("fmt", ["bf16", "lora-adapter"])
 def test_card_gives_the_commands_the_tests_restate(fmt):
     card = model_card(CardInfo(name="m", fmt=fmt, source="runs/r", base_model="/base"))
-    vllm = next(line for line in card.splitlines() if line.startswith("vllm serve"))
-    assert "--tool-call-parser hermes" in vllm and "--reasoning-parser qwen3" in vllm
-    assert "--default-chat-template-kwargs '{\"enable_thinking\": false}'" in card
+    commands = " ".join(card.split("```bash\n")[1].split("```")[0].replace("\\\n", " ").split())
+    # RESTATED["vllm hermes + qwen3"]: the hermes tool parser, the qwen3 reasoning parser, and every
+    # request carrying enable_thinking (false from the server default unless the request says true)
+    assert "--enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser qwen3" in commands
+    assert "--default-chat-template-kwargs '{\"enable_thinking\": false}'" in commands
+    assert '"chat_template_kwargs": {"enable_thinking": True}' in card
     if fmt == "lora-adapter":
-        assert vllm.startswith("vllm serve /base --tokenizer ./ --enable-lora --lora-modules hermes=./")
-    else:
+        assert commands.startswith("vllm serve /base --tokenizer ./ --enable-lora --lora-modules hermes=./ ")
+    else:  # RESTATED["sglang qwen25 + qwen3"]
         assert "--tool-call-parser qwen25 --reasoning-parser qwen3" in card
-    assert '"enable_thinking": True' in card
     assert "deepseek_r1" in card  # what breaks is said
