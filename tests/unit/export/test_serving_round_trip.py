@@ -2,7 +2,7 @@
 
 The servers' splitting rules are restated here from their source (vLLM ``Hermes2ProToolParser``,
 ``BaseThinkingReasoningParser`` / ``Qwen3ReasoningParser`` / ``DeepSeekR1ReasoningParser``; SGLang
-``Qwen3Detector`` and ``Qwen25Detector``), independently of ``train/export/serving.py``, and every
+``Qwen3Detector`` and ``Qwen25Detector``), independently of ``train/export/verify/serving.py``, and every
 re-render goes through the *exported* tokenizer's ``apply_chat_template``.
 """
 
@@ -14,9 +14,8 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from train.export import serving
-from train.export.card import CardInfo, model_card
-from train.export.files import write_tokenizer
+from train.export.verify import serving
+from train.export.writing.folder import CardInfo, model_card, write_tokenizer
 
 EOT = "<|eot_id|>"
 CALL_PARIS = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from train.export.files import write_tokenizer
-from train.export.verify import FAIL, PASS, VerifyReport, check_round_trip
+from train.export.verify.report import FAIL, PASS, VerifyReport
+from train.export.verify.serving import check_round_trip
+from train.export.writing.folder import write_tokenizer
 
 
 def _exported(folder: Path, edit=None):

@@ -9,7 +9,7 @@ token, what the model generated: then the next prompt is the previous prompt + t
 The splitting rules below restate the servers' code (neither is a dependency):
 
 * vLLM ``hermes`` tool parser (``Hermes2ProToolParser.extract_tool_calls``): see
-  :func:`train.export.parse.parse_tool_calls` — content is the text before the first ``<tool_call>``,
+  :func:`train.export.verify.report.parse_tool_calls` — content is the text before the first ``<tool_call>``,
   whitespace kept.
 * vLLM reasoning parsers (``BaseThinkingReasoningParser.extract_reasoning`` and the ``qwen3``
   override): the text after a first ``<think>`` (if any) is split at the first ``</think>``, both
@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from train.export.parse import THINK_CLOSE, THINK_OPEN, parse_tool_calls
+from train.export.verify.report import FAIL, PASS, THINK_CLOSE, THINK_OPEN, VerifyReport, parse_tool_calls
 
 EOT = "<|eot_id|>"
 SGLANG_CALL_RE = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
@@ -54,7 +54,7 @@ class Setup:
 
 
 SETUPS: tuple[Setup, ...] = (
-    # the export's model card recommends the first three (train/export/card.py)
+    # the export's model card recommends the first three (train/export/writing/folder.py)
     Setup("vllm hermes + qwen3", "vllm", "qwen3", sends_enable_thinking=True, recommended=True),
     Setup("vllm hermes, no reasoning parser", "vllm", None, sends_enable_thinking=True, recommended=True),
     Setup("sglang qwen25 + qwen3", "sglang", "qwen3", sends_enable_thinking=True, recommended=True),
@@ -301,3 +301,9 @@ def round_trip_summary(tokenizer) -> tuple[bool, str, dict[str, Any]]:
         f"re-rendered exactly: {rec}; not recommended: {other}"
     )
     return not failures, "; ".join(failures) if failures else detail, {"exact": exact, "of": n}
+
+
+def check_round_trip(report: VerifyReport, tokenizer) -> None:
+    """The ``round_trip`` row: :func:`round_trip_summary` through the exported tokenizer."""
+    ok, detail, metrics = round_trip_summary(tokenizer)
+    report.add("round_trip", PASS if ok else FAIL, detail, **metrics)
