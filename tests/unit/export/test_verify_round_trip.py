@@ -44,3 +44,10 @@ def test_round_trip_row_fails_a_template_that_does_not_trim(tmp_path):
         "vllm hermes + qwen3 / reasoning + call: re-rendered as '<think>\\n\\nNeed the forecast."
         in row.detail
     )
+
+
+def test_round_trip_row_fails_a_template_that_cannot_render_the_cases(tmp_path):
+    report = VerifyReport(tmp_path, "bf16", None)
+    check_round_trip(report, _exported(tmp_path, lambda t: "{{ messages }}"))
+    row = report.check("round_trip")
+    assert row.status == FAIL and "the template cannot render the cases" in row.detail
