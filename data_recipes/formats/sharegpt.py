@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from data_recipes.formats.openai import to_conversation as openai_to_conversation
-from data_recipes.messages import Conversation, SampleError, load_json
+from data_recipes.formats.openai import read_tools
+from data_recipes.messages import SampleError, load_json
+
+COLUMNS = ("conversations", "tools")
 
 ROLE_MAP = {
     "system": "system",
@@ -87,9 +89,8 @@ def conversations_to_messages(
     return messages
 
 
-def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
-    """A ShareGPT row as a validated :class:`Conversation`."""
+def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], list[Any]]:
+    """A ShareGPT row's turns as OpenAI messages, and its tools."""
     if "conversations" not in row:
         raise SampleError("no_messages", "format 'sharegpt' needs a 'conversations' list", origin)
-    messages = conversations_to_messages(row["conversations"], origin)
-    return openai_to_conversation({"messages": messages, "tools": row.get("tools")}, origin)
+    return conversations_to_messages(row["conversations"], origin), read_tools(row, origin)

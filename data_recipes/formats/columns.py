@@ -1,0 +1,66 @@
+"""Top-level columns that any format may carry next to its conversation.
+
+* ``system`` / ``system_prompt`` (Bespoke-Stratos-17k, OpenThoughts-114k, ToolACE, OpenHermes-2.5):
+  the system message of the conversation. It becomes the first message unless the conversation has
+  a non-empty system turn of its own; then that turn wins and the column is used only if it says the
+  same (otherwise it is reported in the manifest's ``ignored_fields``, never silently dropped).
+  An empty column is no system message.
+* ``schema`` (Hermes json-mode rows): the JSON Schema of the expected answer, a JSON string or an
+  object. It is kept in ``Conversation.meta["schema"]`` for the ``json_schema`` recipe, which prefers
+  the schema the model actually sees in the prompt and falls back to this one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SYSTEM_COLUMNS = ("system", "system_prompt")
+SCHEMA_COLUMN = "schema"
+
+
+def is_empty(value: Any) -> bool:
+    """A column value that carries nothing (absent, null, blank text, empty list or mapping)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list | dict | tuple) and not value
+
+
+def _system_turn(messages: list[Any]) -> str | None:
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) and m.get("role") == "system" else None
+        if isinstance(content, str) and content.strip():
+            return content
+    return None
+
+
+def add_system_column(row: dict[str, Any], messages: list[Any]) -> tuple[list[Any], set[str]]:
+    """``messages`` with the row's system column as the system turn, and the columns that were used."""
+    if not isinstance(messages, list):
+        return messages, set()  # the normalizer reports the malformed messages
+    for key in SYSTEM_COLUMNS:
+        value = row.get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        own = _system_turn(messages)
+        if own is None:
+            rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")]
+            return [{"role": "system", "content": value}, *rest], {key}
+        return messages, ({key} if own.strip() == value.strip() else set())
+    return messages, set()
+
+
+def schema_column(row: dict[str, Any]) -> tuple[dict[str, Any] | str | None, set[str]]:
+    """The row's ``schema`` column (an object, or the text as given when it is not a JSON object)."""
+    value = row.get(SCHEMA_COLUMN)
+    if isinstance(value, dict) and value:
+        return value, {SCHEMA_COLUMN}
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value, {SCHEMA_COLUMN}  # the recipe reports it (invalid_schema) if it needs it
+        return (parsed if isinstance(parsed, dict) else value), {SCHEMA_COLUMN}
+    return None, set()
