@@ -42,8 +42,9 @@ FORMATS: dict[str, Format] = {
 }
 FORMAT_NAMES: tuple[str, ...] = ("auto", *FORMATS)
 PREFERENCE_HINT = (
-    "SFT does not train on preference data; build it with the preference (DPO) data path, or, to train "
-    "on one side, name a format (e.g. `format: openai` reads its 'messages')"
+    "SFT does not train on preference data; use the preference (DPO) data path, or, to train on one "
+    "side, name the format (`format: openai` in the mixture, `--format openai` for render / inspect, "
+    "reads its 'messages')"
 )
 
 
