@@ -42,7 +42,7 @@ import numpy as np
 from data_recipes.config_io import load_config, to_dict
 from data_recipes.recipes import RecipeName, RecipeOptions
 
-FormatName = Literal["auto", "openai", "sharegpt", "hermes_fc", "prompt_completion"]
+FormatName = Literal["auto", "openai", "sharegpt", "hermes_fc", "prompt_completion", "toolace"]
 
 
 @dataclass
@@ -60,8 +60,8 @@ class SourceConfig:
     subset: str | None = None
     """Hub dataset configuration name, if it has several."""
     format: FormatName = "auto"
-    """``openai`` | ``sharegpt`` | ``hermes_fc`` | ``prompt_completion``; ``auto`` detects it per row
-    (see :mod:`data_recipes.formats.detect`)."""
+    """``openai`` | ``sharegpt`` | ``hermes_fc`` | ``prompt_completion`` | ``toolace``; ``auto`` detects
+    it per row (see :mod:`data_recipes.formats.detect`)."""
     recipe: RecipeName | None = None
     """``reasoning`` | ``plain`` | ``tool_use`` | ``json_schema`` | ``length_control`` (required)."""
     weight: float | None = None

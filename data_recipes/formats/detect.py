@@ -6,8 +6,10 @@
 * ``chosen`` + ``rejected`` (UltraFeedback-binarized, TRL preference rows) → refused as
   ``preference_row``: a pair is not SFT data, even when it also has a ``messages`` column;
 * ``prompt`` + ``completion`` + ``label`` (TRL unpaired preference, KTO) → refused the same way;
-* ``messages`` → ``openai``; ``conversations`` with Hermes tool markup → ``hermes_fc``; other
-  ``conversations`` → ``sharegpt``; ``prompt`` + ``completion`` → ``prompt_completion`` (TRL);
+* ``messages`` → ``openai``; ``conversations`` with a ToolACE ``system`` column (tools "in JSON
+  format that you can invoke") → ``toolace``; ``conversations`` with Hermes tool markup →
+  ``hermes_fc``; other ``conversations`` → ``sharegpt``; ``prompt`` + ``completion`` →
+  ``prompt_completion`` (TRL);
 * anything else → ``no_messages``, naming what the row looks like (plain ``text``, prompt-only, …).
 
 Naming a format skips detection, so ``format: openai`` deliberately trains an UltraFeedback row's
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from data_recipes.formats import columns, hermes_fc, openai, prompt_completion, sharegpt
+from data_recipes.formats import columns, hermes_fc, openai, prompt_completion, sharegpt, toolace
 from data_recipes.messages import Conversation, SampleError, conversation_from_openai
 
 
@@ -39,6 +41,7 @@ FORMATS: dict[str, Format] = {
     "sharegpt": Format(sharegpt.read, sharegpt.COLUMNS),
     "hermes_fc": Format(hermes_fc.read, hermes_fc.COLUMNS),
     "prompt_completion": Format(prompt_completion.read, prompt_completion.COLUMNS),
+    "toolace": Format(toolace.read, toolace.COLUMNS),
 }
 FORMAT_NAMES: tuple[str, ...] = ("auto", *FORMATS)
 PREFERENCE_HINT = (
@@ -87,6 +90,8 @@ def detect_format(row: Any, origin: str = "") -> str:
     if "messages" in row:
         return "openai"
     if "conversations" in row:
+        if toolace.is_toolace(row):
+            return "toolace"
         return "hermes_fc" if hermes_fc.has_markup(row["conversations"]) else "sharegpt"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
@@ -103,7 +108,9 @@ def read_row(row: Any, fmt: str = "auto", origin: str = "") -> ReadRow:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMAT_NAMES}")
     reader = FORMATS[fmt]
     messages, tools = reader.read(row, origin)
-    messages, used_system = columns.add_system_column(row, messages)
+    used_system: set[str] = set()
+    if not set(columns.SYSTEM_COLUMNS) & set(reader.columns):  # unless the format reads it itself
+        messages, used_system = columns.add_system_column(row, messages)
     schema, used_schema = columns.schema_column(row)
     meta = {"schema": schema} if schema is not None else {}
     conv = conversation_from_openai({"messages": messages, "tools": tools}, origin, meta)

@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from data_recipes.formats.openai import read_tools
+from data_recipes.formats.protocol import drop_sentences
 from data_recipes.formats.sharegpt import conversations_to_messages, plain_turn
 from data_recipes.messages import SampleError
 
@@ -43,7 +44,6 @@ PROTOCOL_RE = re.compile(
     r"|function calling AI model",
     re.IGNORECASE,
 )
-SENTENCE_END_RE = re.compile(r"((?<=[.!?:])[ \t]+|\n+)")
 
 
 def has_markup(turns: Any) -> bool:
@@ -97,41 +97,10 @@ def parse_tools(block: str, origin: str) -> list[Any]:
     return tools
 
 
-def _mask_objects(text: str) -> tuple[str, list[str]]:
-    """``text`` with each outermost ``{…}`` replaced by ``\x01N\x01`` (so its colons and periods
-    do not split sentences), and the removed objects."""
-    out, objects, depth, start = [], [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "{":
-            if depth == 0:
-                out.append(text[start:i])
-                start = i
-            depth += 1
-        elif ch == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                objects.append(text[start : i + 1])
-                out.append(f"\x01{len(objects) - 1}\x01")
-                start = i + 1
-    out.append(text[start:])
-    return "".join(out), objects
-
-
 def system_text(value: str) -> str:
     """A Hermes system turn without its tool protocol: the ``<tools>`` block, the ``<tool_call>``
     example and every sentence describing them are removed; the task instructions stay."""
-    text, objects = _mask_objects(CALL_RE.sub(REMOVED, TOOLS_RE.sub(REMOVED, value)))
-    parts = SENTENCE_END_RE.split(text)
-    kept: list[str] = []
-    previous_kept = True
-    for sentence, sep in zip(parts[0::2], [*parts[1::2], ""], strict=True):
-        only_objects = not re.sub(r"\x01\d+\x01", "", sentence).strip()
-        keep = not PROTOCOL_RE.search(sentence) and (previous_kept or not only_objects)
-        if keep and sentence.strip():
-            kept.append(sentence + sep)
-        previous_kept = keep
-    cleaned = re.sub(r"\x01(\d+)\x01", lambda m: objects[int(m.group(1))], "".join(kept))
-    return re.sub(r"\n{3,}", "\n\n", cleaned).strip()
+    return drop_sentences(CALL_RE.sub(REMOVED, TOOLS_RE.sub(REMOVED, value)), PROTOCOL_RE)
 
 
 def _system(value: str, origin: str) -> tuple[list[dict[str, Any]], list[Any]]:

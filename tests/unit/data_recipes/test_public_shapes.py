@@ -225,13 +225,47 @@ def test_openhermes_empty_system_turn_is_no_system_message(tokenizer):
     assert read.ignored == ("skip_prompt_formatting", "source")  # null columns carry nothing
 
 
-def test_toolace_system_column(tokenizer):
-    (row,) = rows("toolace")
-    read, sample, _ = build("plain", row, tokenizer)
-    assert read.conversation.messages[0].content == row["system"]
-    assert sample.text.startswith(
-        f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{row['system']}"
+def test_toolace_tools_calls_and_results(tokenizer):
+    two_calls, one_call = rows("toolace")
+    read, sample, trained = build("tool_use", two_calls, tokenizer)
+    conv = read.conversation
+    assert read.format == "toolace" and read.ignored == ()
+    # the task instructions stay; ToolACE's own call-syntax sentences go (the template describes <tool_call>)
+    assert conv.messages[0].content.startswith("You are an expert in composing functions. You are given")
+    assert conv.messages[0].content.endswith("also point it out.")
+    assert "[func_name1(" not in sample.text and "NO other text" not in sample.text
+    videos = conv.tools[0]["function"]
+    assert videos["name"] == "Get Trending Videos" and videos["parameters"]["type"] == "object"
+    assert videos["parameters"]["properties"]["limit"]["type"] == "integer"
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert conv.messages[3].content == '{"name": "Get Trending Videos", "results": {"videos": ["a", "b"]}}'
+    assert trained == (
+        '<tool_call>\n{"name": "Get Trending Videos", "arguments": {"region": "US", "limit": 2}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "Get Trending Videos", "arguments": {"region": "JP", "limit": 2}}\n</tool_call>'
+        "<|eot_id|>US: a, b. Japan: c, d.<|eot_id|>"
     )
+    read, _, trained = build("tool_use", one_call, tokenizer)
+    assert read.conversation.messages[0].content == "You are an expert in composing functions."
+    assert trained.startswith('<tool_call>\n{"name": "newAddress", "arguments": {}}\n</tool_call><|eot_id|>')
+
+
+@pytest.mark.parametrize(
+    ("call", "arguments"),
+    [
+        ("[f(flag=true, n=None, xs=[1, 'a, b'], o={'k': (1)})]", {"flag": True, "n": None, "xs": [1, "a, b"], "o": {"k": 1}}),
+        ('[f(s="x)y")]', {"s": "x)y"}),
+    ],
+)  # fmt: skip
+def test_toolace_call_values(call, arguments):
+    row = {
+        "system": 'Here is a list of functions in JSON format that you can invoke.\n[{"name": "f", "parameters": {}}]',
+        "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": call}],
+    }
+    assert read_row(row).conversation.messages[1].tool_calls[0].arguments == arguments
+    row["conversations"][1]["value"] = "[f(1, x=os.system('ls'))]"
+    with pytest.raises(SampleError) as err:
+        read_row(row, "auto", "t:1")
+    assert err.value.reason == "bad_tool_call" and "ToolACE call" in err.value.detail
 
 
 def test_system_column_against_the_rows_own_system_turn():
