@@ -5,6 +5,8 @@
   a non-empty system turn of its own; then that turn wins and the column is used only if it says the
   same (otherwise it is reported in the manifest's ``ignored_fields``, never silently dropped).
   An empty column is no system message.
+* turn keys: a key of a turn that no reader uses (axolotl's per-turn ``weight``, a ``loss`` flag, …)
+  is reported as ``COLUMN[].KEY`` in ``ignored_fields``, like an unused column.
 * ``schema`` (Hermes json-mode rows): the JSON Schema of the expected answer, a JSON string or an
   object. It is kept in ``Conversation.meta["schema"]`` for the ``json_schema`` recipe, which prefers
   the schema the model actually sees in the prompt and falls back to this one.
@@ -17,6 +19,12 @@ from typing import Any
 
 SYSTEM_COLUMNS = ("system", "system_prompt")
 SCHEMA_COLUMN = "schema"
+# The keys a turn of a conversation column may carry that some reader uses.
+TURN_KEYS = frozenset(
+    {"role", "content", "from", "value", "reasoning_content", "reasoning", "thinking", "tool_calls",
+     "tool_call_id", "name", "type"}
+)  # fmt: skip
+TURN_COLUMNS = ("messages", "conversations", "prompt", "completion")
 
 
 def is_empty(value: Any) -> bool:
@@ -64,3 +72,18 @@ def schema_column(row: dict[str, Any]) -> tuple[dict[str, Any] | str | None, set
             return value, {SCHEMA_COLUMN}  # the recipe reports it (invalid_schema) if it needs it
         return (parsed if isinstance(parsed, dict) else value), {SCHEMA_COLUMN}
     return None, set()
+
+
+def ignored_turn_keys(row: dict[str, Any], read_columns: tuple[str, ...]) -> list[str]:
+    """``COLUMN[].KEY`` for every non-empty turn key no reader uses, in the turn columns the format read."""
+    found: set[str] = set()
+    for column in TURN_COLUMNS:
+        turns = row.get(column) if column in read_columns else None
+        if not isinstance(turns, list):
+            continue
+        for turn in turns:
+            if isinstance(turn, dict):
+                found.update(
+                    f"{column}[].{k}" for k, v in turn.items() if k not in TURN_KEYS and not is_empty(v)
+                )
+    return sorted(found)

@@ -6,7 +6,8 @@
 * ``chosen`` + ``rejected`` (UltraFeedback-binarized, TRL preference rows) → refused as
   ``preference_row``: a pair is not SFT data, even when it also has a ``messages`` column;
 * ``prompt`` + ``completion`` + ``label`` (TRL unpaired preference, KTO) → refused the same way;
-* ``messages`` → ``openai``; ``conversations`` with a ToolACE ``system`` column (tools "in JSON
+* ``messages`` → ``openai`` (``hermes_fc`` when its system message holds a ``<tools>`` block and no
+  message has structured ``tool_calls``); ``conversations`` with a ToolACE ``system`` column (tools "in JSON
   format that you can invoke") → ``toolace``; ``conversations`` with Hermes tool markup →
   ``hermes_fc``; other ``conversations`` → ``sharegpt``; ``prompt`` + ``completion`` →
   ``prompt_completion`` (TRL);
@@ -88,7 +89,7 @@ def detect_format(row: Any, origin: str = "") -> str:
             origin,
         )
     if "messages" in row:
-        return "openai"
+        return "hermes_fc" if hermes_fc.has_openai_markup(row["messages"]) else "openai"
     if "conversations" in row:
         if toolace.is_toolace(row):
             return "toolace"
@@ -115,8 +116,8 @@ def read_row(row: Any, fmt: str = "auto", origin: str = "") -> ReadRow:
     meta = {"schema": schema} if schema is not None else {}
     conv = conversation_from_openai({"messages": messages, "tools": tools}, origin, meta)
     used = {*reader.columns, *used_system, *used_schema}
-    ignored = tuple(sorted(str(k) for k, v in row.items() if k not in used and not columns.is_empty(v)))
-    return ReadRow(fmt, conv, ignored)
+    ignored = [str(k) for k, v in row.items() if k not in used and not columns.is_empty(v)]
+    return ReadRow(fmt, conv, tuple(sorted(ignored + columns.ignored_turn_keys(row, reader.columns))))
 
 
 def to_conversation(row: Any, fmt: str = "auto", origin: str = "") -> tuple[str, Conversation]:

@@ -1,6 +1,7 @@
 """Hermes function-calling rows (``NousResearch/hermes-function-calling-v1`` style).
 
-ShareGPT turns whose text carries the tool protocol as markup:
+ShareGPT turns (or OpenAI-shaped ``messages`` with ``role`` / ``content``, as some exports write
+them) whose text carries the tool protocol as markup:
 
 * ``system``: the tool signatures inside ``<tools>…</tools>`` (a JSON list, one JSON object per line,
   or a Python-literal list as in the public dataset). They become ``Conversation.tools``, which the
@@ -35,7 +36,7 @@ TOOLS_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 MARKERS = ("<tools>", "<tool_call>", "<tool_response>")
-COLUMNS = ("conversations", "tools")
+COLUMNS = ("conversations", "messages", "tools")
 REMOVED = "\x00"  # stands for a removed <tools> / <tool_call> block while the system text is cut up
 # A sentence of a system turn that describes the old tool protocol rather than the task.
 PROTOCOL_RE = re.compile(
@@ -44,6 +45,16 @@ PROTOCOL_RE = re.compile(
     r"|function calling AI model",
     re.IGNORECASE,
 )
+
+
+def has_openai_markup(messages: Any) -> bool:
+    """True for OpenAI-shaped ``messages`` that carry the Hermes protocol as text (a ``<tools>`` block
+    in a system message, no structured ``tool_calls``): Hermes data exported as ``messages``."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return False
+    if any(m.get("tool_calls") for m in messages):
+        return False
+    return any(m.get("role") == "system" and "<tools>" in str(m.get("content")) for m in messages)
 
 
 def has_markup(turns: Any) -> bool:
@@ -156,7 +167,8 @@ def _tool(value: str, origin: str) -> list[dict[str, Any]]:
 
 def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], list[Any]]:
     """A Hermes function-calling row's turns as OpenAI messages, and its tools (column + ``<tools>``)."""
-    if "conversations" not in row:
+    turns = row["conversations"] if "conversations" in row else row.get("messages")
+    if turns is None:
         raise SampleError("no_messages", "format 'hermes_fc' needs a 'conversations' list", origin)
     tools: list[Any] = []
 
@@ -171,5 +183,5 @@ def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], l
             return _tool(value, origin)
         return plain_turn(role, value, origin)
 
-    messages = conversations_to_messages(row["conversations"], origin, parse_turn)
+    messages = conversations_to_messages(turns, origin, parse_turn)
     return messages, read_tools(row, origin) + tools

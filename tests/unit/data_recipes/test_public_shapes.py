@@ -339,3 +339,30 @@ def test_rows_without_a_conversation_name_their_shape():
         with pytest.raises(SampleError) as err:
             read_row(row, "auto", "t:1")
         assert err.value.reason == "no_messages" and what in err.value.detail
+
+
+def test_hermes_rows_exported_as_openai_messages(tokenizer):
+    (row,) = rows("hermes_func_calling")
+    as_messages = {
+        "messages": [
+            {"role": {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}[t["from"]], "content": t["value"]}
+            for t in row["conversations"]
+        ]
+    }  # fmt: skip
+    read, _, trained = build("tool_use", as_messages, tokenizer)
+    assert read.format == "hermes_fc"
+    assert trained.startswith(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    )
+    _, native, _ = build("tool_use", row, tokenizer)
+    assert build("tool_use", as_messages, tokenizer)[1].input_ids == native.input_ids
+
+
+def test_unused_turn_keys_are_announced():
+    row = {
+        "conversations": [
+            {"from": "human", "value": "q", "weight": 0},
+            {"from": "gpt", "value": "a", "weight": 1, "loss": None},
+        ]
+    }
+    assert read_row(row).ignored == ("conversations[].weight",)
