@@ -63,8 +63,11 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleEr
         except SampleError as err:
             yield origin, err
             continue
-        if not isinstance(row, dict):
-            yield origin, SampleError("malformed_row", "a row must be a JSON object", origin)
+        if not isinstance(row, dict):  # the reason `data build` gives (formats.detect)
+            yield (
+                origin,
+                SampleError("no_messages", f"row is {type(row).__name__}, expected a JSON object", origin),
+            )
             continue
         yield origin, row
 
