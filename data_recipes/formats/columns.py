@@ -61,7 +61,8 @@ def add_system_column(row: dict[str, Any], messages: list[Any]) -> tuple[list[An
 
 
 def schema_column(row: dict[str, Any]) -> tuple[dict[str, Any] | str | None, set[str]]:
-    """The row's ``schema`` column (an object, or the text as given when it is not a JSON object)."""
+    """The row's ``schema`` column (an object, or the text as given when it is not a JSON object), and
+    ``{"schema"}`` when it is a JSON Schema object."""
     value = row.get(SCHEMA_COLUMN)
     if isinstance(value, dict) and value:
         return value, {SCHEMA_COLUMN}
@@ -69,8 +70,12 @@ def schema_column(row: dict[str, Any]) -> tuple[dict[str, Any] | str | None, set
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            return value, {SCHEMA_COLUMN}  # the recipe reports it (invalid_schema) if it needs it
-        return (parsed if isinstance(parsed, dict) else value), {SCHEMA_COLUMN}
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed, {SCHEMA_COLUMN}
+        # Not a JSON object (a SQL schema, a Python literal): kept for the json_schema recipe, which
+        # reads a Python literal or reports invalid_schema, but announced as unused otherwise.
+        return value, set()
     return None, set()
 
 
