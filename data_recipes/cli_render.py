@@ -21,6 +21,7 @@ from data_recipes.formats.detect import FORMAT_NAMES, read_row
 from data_recipes.messages import SampleError, load_json
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
 from data_recipes.sources import iter_rows, resolve
+from data_recipes.tokenizer import load_tokenizer
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +105,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_recipes.tokenizer import load_tokenizer
-
     options = render_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
     rows, samples, dropped, ignored = 0, 0, Counter(), Counter()

@@ -10,7 +10,8 @@ import pytest
 
 from data_recipes.formats.detect import read_row
 from data_recipes.messages import SampleError
-from data_recipes.recipes import RecipeOptions, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import RecipeOptions, apply_label_rules
 from data_recipes.render import render_batch
 
 PUBLIC = Path(__file__).resolve().parents[2] / "data" / "public"
@@ -24,7 +25,7 @@ def rows(name: str) -> list[dict]:
 def build(recipe: str, row: dict, tokenizer, fmt: str = "auto", policy: str = "last", **options):
     """The row through format → recipe → render → label rules: (read, sample, trained text)."""
     read = read_row(row, fmt, "t:1")
-    prepared = prepare(recipe, read.conversation, RecipeOptions(**options), policy, tokenizer)
+    prepared = RECIPES[recipe](read.conversation, RecipeOptions(**options), policy, tokenizer)
     (sample,) = render_batch([prepared.conv], tokenizer, prepared.options)
     assert not isinstance(sample, SampleError), sample
     sample = apply_label_rules(sample, prepared)
@@ -34,7 +35,7 @@ def build(recipe: str, row: dict, tokenizer, fmt: str = "auto", policy: str = "l
 def reason(recipe: str, row: dict, tokenizer, fmt: str = "auto", **options) -> SampleError:
     with pytest.raises(SampleError) as err:
         read = read_row(row, fmt, "t:1")
-        prepare(recipe, read.conversation, RecipeOptions(**options), "last", tokenizer)
+        RECIPES[recipe](read.conversation, RecipeOptions(**options), "last", tokenizer)
     assert err.value.origin == "t:1"
     return err.value
 
