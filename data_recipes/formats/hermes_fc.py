@@ -22,11 +22,10 @@ them) whose text carries the tool protocol as markup:
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from typing import Any
 
+from data_recipes.formats.literals import loads_lenient, strip_block
 from data_recipes.formats.openai import read_tools
 from data_recipes.formats.protocol import drop_sentences
 from data_recipes.formats.sharegpt import conversations_to_messages, plain_turn
@@ -65,29 +64,6 @@ def has_markup(turns: Any) -> bool:
         isinstance(t, dict) and isinstance(t.get("value"), str) and any(m in t["value"] for m in MARKERS)
         for t in turns
     )
-
-
-def strip_block(text: str) -> str:
-    """A tag's inner text without surrounding whitespace, also when written as literal ``\\n`` escapes."""
-    text = text.strip()
-    while text.startswith("\\n"):
-        text = text[2:].lstrip()
-    while text.endswith("\\n"):
-        text = text[:-2].rstrip()
-    return text
-
-
-def loads_lenient(text: str) -> Any:
-    """JSON, or a Python literal (the public Hermes FC data writes dicts with single quotes)."""
-    text = strip_block(text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
-        raise ValueError(f"neither JSON nor a Python literal ({type(err).__name__})") from err
 
 
 def parse_tools(block: str, origin: str) -> list[Any]:

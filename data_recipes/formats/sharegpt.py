@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from data_recipes.formats.literals import loads_lenient
 from data_recipes.formats.openai import read_tools
 from data_recipes.messages import SampleError, load_json
 
@@ -52,8 +53,12 @@ def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
 
 
 def parse_function_call(value: str, origin: str) -> list[dict[str, Any]]:
-    """A ``function_call`` value (one JSON call or a list of them) as OpenAI ``tool_calls``."""
-    calls = load_json(value, "bad_tool_call", "the function_call value", origin)
+    """A ``function_call`` value (one call or a list of them, JSON or a Python literal) as OpenAI
+    ``tool_calls``."""
+    try:
+        calls = loads_lenient(value)
+    except ValueError as err:
+        raise SampleError("bad_tool_call", f"the function_call value is {err}", origin) from err
     calls = calls if isinstance(calls, list) else [calls]
     return [{"type": "function", "function": call} for call in calls]
 

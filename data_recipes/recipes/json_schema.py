@@ -24,7 +24,7 @@ from typing import Any, Literal
 import jsonschema
 from transformers import PreTrainedTokenizerBase
 
-from data_recipes.formats.hermes_fc import loads_lenient
+from data_recipes.formats.literals import loads_lenient
 from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes.common import Prepared, RecipeOptions, thinking_flag, trained
 

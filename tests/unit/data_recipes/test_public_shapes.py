@@ -146,6 +146,20 @@ def test_glaive_as_llama_factory_ships_it(tokenizer):
     )
 
 
+def test_function_call_turn_as_python_literal_or_wrapped_in_literal_newlines():
+    (row,) = rows("glaive_llama_factory")
+    for value in (
+        "{'name': 'get_weather', 'arguments': {'city': 'Oslo'}}",
+        '\\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\\n',
+    ):
+        row["conversations"][1]["value"] = value
+        assert read_row(row).conversation.messages[1].tool_calls[0].arguments == {"city": "Oslo"}
+    row["conversations"][1]["value"] = "get_weather(city='Oslo')"
+    with pytest.raises(SampleError) as err:
+        read_row(row, "auto", "t:1")
+    assert err.value.reason == "bad_tool_call" and "neither JSON nor a Python literal" in err.value.detail
+
+
 def test_tool_use_needs_a_call_in_the_trained_reply(tokenizer):
     (row,) = rows("glaive_llama_factory")
     row["conversations"] += [
