@@ -5,7 +5,8 @@ before the trained reply, else the system turn. Inside that text, a ``<schema>�
 (JSON, or a Python literal as in the published Hermes json-mode rows, whose system turn reads
 "Here's the json schema you must adhere to:\n<schema>\n{'title': …}\n</schema>"); otherwise the first
 JSON object, bare or fenced, that looks like a JSON Schema (has ``type``, ``properties`` or
-``$schema``). When the text holds none, the row's own ``schema`` column is used
+``$schema``). A schema written under its name, ``{'Name': {'type': 'object', …}}`` (json-mode-agentic),
+means an object with that one required property. When the text holds none, the row's own ``schema`` column is used
 (``Conversation.meta["schema"]``, read by :mod:`data_recipes.formats.columns`). The answer is the
 content of the last trained assistant turn, bare or in a fenced block or
 ``<json_output>…</json_output>`` (Atropos' format).
@@ -48,6 +49,19 @@ def json_objects(text: str) -> list[dict[str, Any]]:
             found.append(obj)
         i = text.find("{", end)
     return found
+
+
+def unwrap_named_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema written as ``{"Name": {…schema…}}`` (as Hermes json-mode-agentic rows do, the answer
+    being ``{"Name": {…}}``) as the object schema it means; any other schema unchanged.
+
+    Read literally, ``"Name"`` is an unknown keyword and the schema would accept every answer."""
+    if len(schema) != 1 or any(k in schema for k in SCHEMA_KEYS):
+        return schema
+    ((name, inner),) = schema.items()
+    if not isinstance(inner, dict) or not any(k in inner for k in SCHEMA_KEYS):
+        return schema
+    return {"type": "object", "properties": {name: inner}, "required": [name]}
 
 
 def _tagged_schema(text: str, origin: str) -> dict[str, Any] | None:
@@ -126,6 +140,8 @@ def prepare(
         raise SampleError("no_trained_tokens", "no assistant turn after the last user turn", conv.origin)
     reply = turns[-1]
     schema = find_schema(conv, reply)
+    if schema is not None:
+        schema = unwrap_named_schema(schema)
     if schema is None:
         raise SampleError(
             "no_schema", "no JSON schema in the user or system turn, and no 'schema' column", conv.origin

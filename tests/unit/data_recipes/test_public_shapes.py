@@ -381,3 +381,17 @@ def test_unused_turn_keys_are_announced():
         ]
     }
     assert read_row(row).ignored == ("conversations[].weight",)
+
+
+def test_json_mode_agentic_schema_written_under_its_name(tokenizer):
+    (row,) = rows("hermes_json_mode")
+    named = {"MovieEntry": json.loads(row["schema"])}
+    row["conversations"][0]["value"] = (
+        f"Answer in JSON. Here's the json schema you must adhere to:\n<schema>\n{named!r}\n</schema>\n"
+    )
+    del row["schema"]
+    row["conversations"][2]["value"] = '{"MovieEntry": {"title": "Alien", "year": 1979}}'
+    build("json_schema", row, tokenizer)
+    row["conversations"][2]["value"] = '{"title": "Alien", "year": 1979}'  # read literally, this would pass
+    err = reason("json_schema", row, tokenizer)
+    assert err.reason == "schema_mismatch" and "'MovieEntry' is a required property" in err.detail
