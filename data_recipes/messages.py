@@ -11,7 +11,8 @@ raw dicts. Normalization is deliberate and documented:
   it is stored without tags;
 * assistant content and reasoning are stripped of surrounding whitespace (a leading newline would
   merge with the header's newline into one token and blur the trained span);
-* tool-call ``arguments`` are parsed into a dict (a JSON string and a dict render identically);
+* tool-call ``arguments`` are parsed into a dict (a JSON string and a dict render identically); the
+  legacy OpenAI ``function_call`` field and ``function`` role read as a tool call and a tool result;
 * content given as a list of OpenAI text parts (``{"type": "text", "text": …}``, or ``"value"`` as some
   exporters write it) is joined; any other non-string content is an error naming the part;
 * a system message with empty content is no system message at all (OpenHermes-2.5 has many), so the
@@ -227,7 +228,7 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     """One OpenAI chat message as a :class:`Message`."""
     if not isinstance(raw, dict):
         raise SampleError("bad_message", f"message is {type(raw).__name__}, expected an object", origin)
-    role = raw.get("role")
+    role = "tool" if raw.get("role") == "function" else raw.get("role")  # legacy OpenAI function result
     if role not in ROLES:
         raise SampleError("unknown_role", f"role {role!r} (expected one of {', '.join(ROLES)})", origin)
     content = _text(raw.get("content"), f"{role} content", origin)
@@ -243,7 +244,8 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     if reasoning is not None and ("<think>" in reasoning or "</think>" in reasoning):
         raise SampleError("bad_think_tags", "think tags inside the reasoning text", origin)
     reasoning = reasoning.strip() if reasoning is not None else None
-    calls = tuple(_tool_call(c, origin) for c in (raw.get("tool_calls") or []))
+    legacy = [raw["function_call"]] if raw.get("function_call") else []  # the pre-tools OpenAI field
+    calls = tuple(_tool_call(c, origin) for c in (raw.get("tool_calls") or legacy))
     return Message(role="assistant", content=content.strip(), reasoning=reasoning or None, tool_calls=calls)
 
 

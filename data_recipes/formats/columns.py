@@ -22,7 +22,7 @@ SCHEMA_COLUMN = "schema"
 # The keys a turn of a conversation column may carry that some reader uses.
 TURN_KEYS = frozenset(
     {"role", "content", "from", "value", "reasoning_content", "reasoning", "thinking", "tool_calls",
-     "tool_call_id", "name", "type"}
+     "tool_call_id", "name", "type", "function_call"}
 )  # fmt: skip
 TURN_COLUMNS = ("messages", "conversations", "prompt", "completion")
 

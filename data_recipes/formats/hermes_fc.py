@@ -35,7 +35,7 @@ TOOLS_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 MARKERS = ("<tools>", "<tool_call>", "<tool_response>")
-COLUMNS = ("conversations", "messages", "tools")
+COLUMNS = ("conversations", "messages", "tools", "functions")
 REMOVED = "\x00"  # stands for a removed <tools> / <tool_call> block while the system text is cut up
 # A sentence of a system turn that describes the old tool protocol rather than the task.
 PROTOCOL_RE = re.compile(

@@ -13,7 +13,7 @@ from typing import Any
 
 from data_recipes.messages import SampleError, load_json
 
-COLUMNS = ("messages", "tools")
+COLUMNS = ("messages", "tools", "functions")
 
 
 def maybe_json(value: Any, reason: str, what: str, origin: str) -> Any:
@@ -25,8 +25,10 @@ def maybe_json(value: Any, reason: str, what: str, origin: str) -> Any:
 
 
 def read_tools(row: dict[str, Any], origin: str) -> list[Any]:
-    """The row's ``tools`` column: a list, one object, or either as a JSON string; absent → ``[]``."""
-    tools = maybe_json(row.get("tools"), "bad_tools", "'tools'", origin) or []
+    """The row's ``tools`` column (or the legacy OpenAI ``functions`` column): a list, one object, or
+    either as a JSON string; absent → ``[]``."""
+    key = "functions" if not row.get("tools") and row.get("functions") else "tools"
+    tools = maybe_json(row.get(key), "bad_tools", f"'{key}'", origin) or []
     if isinstance(tools, dict):
         tools = [tools]
     if not isinstance(tools, list):

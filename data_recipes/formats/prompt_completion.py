@@ -21,7 +21,7 @@ from typing import Any
 from data_recipes.formats.openai import read_tools
 from data_recipes.messages import SampleError
 
-COLUMNS = ("prompt", "completion", "tools")
+COLUMNS = ("prompt", "completion", "tools", "functions")
 
 
 def _part(value: Any, role: str, column: str, origin: str) -> list[Any]:

@@ -19,7 +19,7 @@ from data_recipes.formats.literals import loads_lenient
 from data_recipes.formats.openai import read_tools
 from data_recipes.messages import SampleError, load_json
 
-COLUMNS = ("conversations", "tools")
+COLUMNS = ("conversations", "tools", "functions")
 
 ROLE_MAP = {
     "system": "system",

@@ -15,6 +15,10 @@ from data_recipes.recipes.common import RecipeOptions, apply_label_rules
 from data_recipes.render import render_batch
 
 PUBLIC = Path(__file__).resolve().parents[2] / "data" / "public"
+WEATHER_FN = {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 DEFAULT_SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\nYou are Hermes, created by Nous Research."
 
 
@@ -395,3 +399,20 @@ def test_json_mode_agentic_schema_written_under_its_name(tokenizer):
     row["conversations"][2]["value"] = '{"title": "Alien", "year": 1979}'  # read literally, this would pass
     err = reason("json_schema", row, tokenizer)
     assert err.reason == "schema_mismatch" and "'MovieEntry' is a required property" in err.detail
+
+
+def test_legacy_openai_functions_and_function_call(tokenizer):
+    row = {
+        "functions": [WEATHER_FN],
+        "messages": [
+            {"role": "user", "content": "Oslo?"},
+            {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+            {"role": "function", "name": "get_weather", "content": '{"temp_c": 7}'},
+            {"role": "assistant", "content": "7 °C."},
+        ],
+    }  # fmt: skip
+    read, _, trained = build("tool_use", row, tokenizer)
+    assert read.ignored == () and [m.role for m in read.conversation.messages][2] == "tool"
+    assert trained == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|eot_id|>7 °C.<|eot_id|>'
+    )
