@@ -46,9 +46,9 @@ FORMATS: dict[str, Format] = {
 }
 FORMAT_NAMES: tuple[str, ...] = ("auto", *FORMATS)
 PREFERENCE_HINT = (
-    "SFT does not train on preference data; use the preference (DPO) data path, or, to train on one "
-    "side, name the format (`format: openai` in the mixture, `--format openai` for render / inspect, "
-    "reads its 'messages')"
+    "SFT does not train on preference data; build it as pairs for DPO (`kind: preference` in the mixture), "
+    "or, to train on one side, name the format (`format: openai` in the mixture, `--format openai` for "
+    "render / inspect, reads its 'messages')"
 )
 
 
