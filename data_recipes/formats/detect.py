@@ -10,7 +10,7 @@
   message has structured ``tool_calls``); ``conversations`` with a ToolACE ``system`` column (tools "in JSON
   format that you can invoke") → ``toolace``; ``conversations`` with Hermes tool markup →
   ``hermes_fc``; other ``conversations`` → ``sharegpt``; ``prompt`` + ``completion`` →
-  ``prompt_completion`` (TRL);
+  ``prompt_completion`` (TRL); ``instruction`` + ``output`` → ``alpaca``;
 * anything else → ``no_messages``, naming what the row looks like (plain ``text``, prompt-only, …).
 
 Naming a format skips detection, so ``format: openai`` deliberately trains an UltraFeedback row's
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from data_recipes.formats import columns, hermes_fc, openai, prompt_completion, sharegpt, toolace
+from data_recipes.formats import alpaca, columns, hermes_fc, openai, prompt_completion, sharegpt, toolace
 from data_recipes.messages import Conversation, SampleError, conversation_from_openai
 
 
@@ -43,6 +43,7 @@ FORMATS: dict[str, Format] = {
     "hermes_fc": Format(hermes_fc.read, hermes_fc.COLUMNS),
     "prompt_completion": Format(prompt_completion.read, prompt_completion.COLUMNS),
     "toolace": Format(toolace.read, toolace.COLUMNS),
+    "alpaca": Format(alpaca.read, alpaca.COLUMNS),
 }
 FORMAT_NAMES: tuple[str, ...] = ("auto", *FORMATS)
 PREFERENCE_HINT = (
@@ -68,7 +69,9 @@ def _no_format(row: dict[str, Any], origin: str) -> SampleError:
     elif "prompt" in row:
         what = "a prompt-only row (no 'completion' to train)"
     else:
-        what = "a row with neither 'messages', 'conversations' nor 'prompt'/'completion'"
+        what = (
+            "a row with neither 'messages', 'conversations', 'prompt'/'completion' nor 'instruction'/'output'"
+        )
     return SampleError("no_messages", f"{what} (keys: {keys})", origin)
 
 
@@ -96,6 +99,8 @@ def detect_format(row: Any, origin: str = "") -> str:
         return "hermes_fc" if hermes_fc.has_markup(row["conversations"]) else "sharegpt"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
     raise _no_format(row, origin)
 
 

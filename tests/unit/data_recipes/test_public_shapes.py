@@ -416,3 +416,24 @@ def test_legacy_openai_functions_and_function_call(tokenizer):
     assert trained == (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|eot_id|>7 °C.<|eot_id|>'
     )
+
+
+def test_alpaca_rows(tokenizer):
+    row = {
+        "instruction": "Translate to French.",
+        "input": "Good morning",
+        "output": "Bonjour",
+        "history": [["Hi", "Hello!"]],
+        "system": "You translate.",
+    }
+    read, _, trained = build("plain", row, tokenizer)
+    assert read.format == "alpaca" and read.ignored == ()
+    assert [(m.role, m.content) for m in read.conversation.messages] == [
+        ("system", "You translate."), ("user", "Hi"), ("assistant", "Hello!"),
+        ("user", "Translate to French.\nGood morning"), ("assistant", "Bonjour"),
+    ]  # fmt: skip
+    assert trained == "Bonjour<|eot_id|>"  # history is masked under `last`
+    assert (
+        read_row({"instruction": "Say hi.", "input": "", "output": "Hi"}).conversation.messages[0].content
+        == "Say hi."
+    )
