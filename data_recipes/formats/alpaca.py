@@ -1,9 +1,11 @@
-"""Alpaca rows (tatsu-lab/alpaca, LLaMA-Factory's default ``alpaca`` format):
-``{"instruction": …, "input": …, "output": …, "history": [[user, assistant], …], "system": …}``.
+"""Instruction / response column rows: Alpaca (tatsu-lab/alpaca, LLaMA-Factory's default ``alpaca``
+format: ``instruction``, ``input``, ``output``, ``history``), Dolly (``instruction``, ``context``,
+``response``) and OpenOrca (``question``, ``response``, with a ``system_prompt`` column).
 
-The user turn is the instruction followed by the input on a new line when there is one (the join
-LLaMA-Factory uses); ``output`` is the trained reply; ``history`` pairs are earlier turns (masked under
-``history: last``). ``system`` is read by :mod:`data_recipes.formats.columns` like for every format.
+The user turn is the instruction (``instruction`` / ``question`` / ``query``) followed by the input
+(``input`` / ``context``) on a new line when there is one (the join LLaMA-Factory uses); the reply
+(``output`` / ``response`` / ``answer``) is trained; ``history`` pairs are earlier turns (masked under
+``history: last``). ``system`` / ``system_prompt`` are read by :mod:`data_recipes.formats.columns`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,19 @@ from typing import Any
 from data_recipes.formats.openai import read_tools
 from data_recipes.messages import SampleError
 
-COLUMNS = ("instruction", "input", "output", "history", "tools")
+PROMPT_KEYS = ("instruction", "question", "query")
+INPUT_KEYS = ("input", "context")
+REPLY_KEYS = ("output", "response", "answer")
+COLUMNS = (*PROMPT_KEYS, *INPUT_KEYS, *REPLY_KEYS, "history", "tools", "functions")
+
+
+def matches(row: dict[str, Any]) -> bool:
+    """A row with an instruction column and a reply column."""
+    return any(k in row for k in PROMPT_KEYS) and any(k in row for k in REPLY_KEYS)
+
+
+def _first(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    return next((row[k] for k in keys if k in row), None)
 
 
 def _history(value: Any, origin: str) -> list[dict[str, Any]]:
@@ -31,13 +45,15 @@ def _history(value: Any, origin: str) -> list[dict[str, Any]]:
 
 
 def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], list[Any]]:
-    """An Alpaca row as OpenAI messages, and its tools."""
-    instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
+    """An instruction / response row as OpenAI messages, and its tools."""
+    instruction, extra, output = (_first(row, keys) for keys in (PROMPT_KEYS, INPUT_KEYS, REPLY_KEYS))
     if not isinstance(instruction, str) or not isinstance(output, str):
-        raise SampleError("no_messages", "format 'alpaca' needs 'instruction' and 'output' strings", origin)
+        raise SampleError(
+            "no_messages", "format 'alpaca' needs an instruction and an output column, both strings", origin
+        )
     if extra is not None and not isinstance(extra, str):
         raise SampleError(
-            "non_string_content", f"'input' is {type(extra).__name__}, expected a string", origin
+            "non_string_content", f"the input is {type(extra).__name__}, expected a string", origin
         )
     query = "\n".join(part for part in (instruction, extra) if part)
     turns = [{"role": "user", "content": query}, {"role": "assistant", "content": output}]

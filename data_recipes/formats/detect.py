@@ -10,7 +10,7 @@
   message has structured ``tool_calls``); ``conversations`` with a ToolACE ``system`` column (tools "in JSON
   format that you can invoke") → ``toolace``; ``conversations`` with Hermes tool markup →
   ``hermes_fc``; other ``conversations`` → ``sharegpt``; ``prompt`` + ``completion`` →
-  ``prompt_completion`` (TRL); ``instruction`` + ``output`` → ``alpaca``;
+  ``prompt_completion`` (TRL); an instruction and a reply column (Alpaca, Dolly, OpenOrca) → ``alpaca``;
 * anything else → ``no_messages``, naming what the row looks like (plain ``text``, prompt-only, …).
 
 Naming a format skips detection, so ``format: openai`` deliberately trains an UltraFeedback row's
@@ -99,7 +99,7 @@ def detect_format(row: Any, origin: str = "") -> str:
         return "hermes_fc" if hermes_fc.has_markup(row["conversations"]) else "sharegpt"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
-    if "instruction" in row and "output" in row:
+    if alpaca.matches(row):
         return "alpaca"
     raise _no_format(row, origin)
 

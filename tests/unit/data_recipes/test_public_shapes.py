@@ -437,3 +437,20 @@ def test_alpaca_rows(tokenizer):
         read_row({"instruction": "Say hi.", "input": "", "output": "Hi"}).conversation.messages[0].content
         == "Say hi."
     )
+
+
+def test_dolly_and_openorca_columns():
+    dolly = {"instruction": "Who wrote it?", "context": "Dune, by Frank Herbert.", "response": "Frank Herbert.", "category": "closed_qa"}  # fmt: skip
+    read = read_row(dolly)
+    assert [m.content for m in read.conversation.messages] == [
+        "Who wrote it?\nDune, by Frank Herbert.",
+        "Frank Herbert.",
+    ]
+    assert read.ignored == ("category",)
+    orca = {"id": "niv.1", "system_prompt": "You are an AI assistant.", "question": "2+2?", "response": "4"}
+    read = read_row(orca)
+    assert [m.role for m in read.conversation.messages] == [
+        "system",
+        "user",
+        "assistant",
+    ] and read.ignored == ("id",)
