@@ -18,10 +18,10 @@ from typing import Any
 
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.render import IGNORE_INDEX, RenderOptions, render, render_text, template_kwargs
-from data_recipes.tokenizer import chat_template_text, load_tokenizer
+from data_recipes.tokenizer import chat_template_text, load_tokenizer, template_fingerprint
 from train.export.reading.tensors import read_safetensors_folder
 from train.export.verify.report import FAIL, PASS, Reference, VerifyReport
-from train.export.writing.folder import EOS_TOKEN_IDS, SAMPLING, template_fingerprint
+from train.export.writing.folder import EOS_TOKEN_IDS, SAMPLING
 
 
 def folder_kind(folder: Path) -> str:

@@ -23,7 +23,6 @@ The model card (``README.md``) of an export: what it is, how to serve it, what i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -157,11 +156,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "added_tokens.json",
 )
-
-
-def template_fingerprint(text: str) -> str:
-    """Same hash as ``data_recipes.tokenizer.template_fingerprint`` (dataset manifests store it)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def export_config(model_config: dict[str, Any], architecture: str) -> dict[str, Any]:
