@@ -195,6 +195,8 @@ def test_verify_cli_passes_and_catches_tampering(full_run, bf16_export, tmp_path
     report = json.loads(capsys.readouterr().out)
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert status["template"] == "fail" and status["weights"] == "fail" and status["logits"] == "fail"
+    detail = {c["name"]: c["detail"] for c in report["checks"]}["checksums"]
+    assert status["checksums"] == "fail" and "checksum mismatch" in detail
 
 
 def test_verify_catches_a_template_that_keeps_ids_but_loses_the_training_mask(
@@ -250,6 +252,12 @@ def test_incomplete_checkpoints_are_refused(full_run, tmp_path):
     ds = _step(run) / "ds"
     optim = sorted(ds.glob("*optim_states.pt"))
     optim[-1].unlink()
+    with pytest.raises(ValueError, match=rf"{optim[-1]}: missing \(listed in the checksums\)"):
+        export_checkpoint(run, tmp_path / "o", verify=False, progress=False)
+    state_file = _step(run) / "hermes_state.json"  # a checkpoint without checksums: the reader's own checks
+    state_file.write_text(
+        json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "checksums"})
+    )
     with pytest.raises(
         ValueError, match=r"expected \*_optim_states.pt files for ranks 0\.\.1, found ranks \[0\]"
     ):
@@ -259,9 +267,20 @@ def test_incomplete_checkpoints_are_refused(full_run, tmp_path):
     model_states.write_bytes(model_states.read_bytes()[:1000])
     with pytest.raises(ValueError, match="unreadable checkpoint file"):
         export_checkpoint(run, tmp_path / "o", verify=False, progress=False)
-    (_step(run) / "hermes_state.json").unlink()
+    state_file.unlink()
     with pytest.raises(ValueError, match="incomplete checkpoint"):
         export_checkpoint(_step(run), tmp_path / "o", verify=False, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_flipped_bit_in_a_zero3_shard_is_refused_naming_the_file(full_run, tmp_path):
+    run = _copy_run(full_run, tmp_path / "run")
+    shard = sorted((_step(run) / "ds").glob("*optim_states.pt"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-300] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{shard}: checksum mismatch .*refusing to export it"):
+        export_checkpoint(run, tmp_path / "o", verify=False, progress=False)
     assert not (tmp_path / "o").exists()
 
 

@@ -3,7 +3,7 @@
 Checks, in order (each a row of the report; a failed row makes the verify fail):
 
 ``checksums``       every file equals its hash in the export's ``checksums.json`` (xxh3-128); a
-                    mismatch names the file and ends the verify
+                    mismatch names the file (and the checks below still run)
 ``files``           weights (index ↔ shards ↔ tensors), config, tokenizer, template, card present
 ``config``          architecture, dtype, special ids; FP8: the ``quantization_config`` parses with
                     compressed-tensors and is FP8_DYNAMIC (channel weights, dynamic per-token
@@ -75,7 +75,8 @@ def verify_folder(
     report = VerifyReport(
         folder, folder_kind(folder), ref.description if ref else None, display_name=display_name
     )
-    if not check_checksums(report, folder) or not check_files(report, folder):
+    check_checksums(report, folder)  # a mismatch fails the verify; the other rows still say what differs
+    if not check_files(report, folder):
         return report
     check_config(report, folder)
     check_generation(report, folder)

@@ -32,18 +32,16 @@ def folder_kind(folder: Path) -> str:
     return "fp8" if "quantization_config" in config else "bf16"
 
 
-def check_checksums(report: VerifyReport, folder: Path) -> bool:
+def check_checksums(report: VerifyReport, folder: Path) -> None:
     """Every file against the export's ``checksums.json`` (a flipped bit anywhere fails, naming the file)."""
     problems = folder_problems(folder)
     if problems is None:
         report.add("checksums", SKIP, f"no {FOLDER_FILE} (written before exports carried checksums)")
-        return True
-    if problems:
+    elif problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         report.add("checksums", FAIL, problems[0] + more)
-        return False
-    report.add("checksums", PASS, f"every file matches {FOLDER_FILE}")
-    return True
+    else:
+        report.add("checksums", PASS, f"every file matches {FOLDER_FILE}")
 
 
 def check_files(report: VerifyReport, folder: Path) -> bool:
