@@ -108,7 +108,10 @@ def worker_env(base: dict[str, str], rank: int, nproc: int, port: int, cpus: int
 
 
 def die_with_parent(parent: int) -> None:
-    """In a rank, before exec: SIGTERM when the supervisor (``parent``) dies (Linux ``prctl``)."""
+    """In a rank, before exec: SIGTERM when the supervisor (``parent``) dies (Linux ``prctl``; elsewhere
+    the supervisor's own signal forwarding is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # it died before the prctl took effect
