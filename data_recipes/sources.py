@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,11 @@ def _open_text(path: Path) -> IO[str]:
 
 
 def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
-    """``(origin, json_text)`` for every row of the source, in order."""
+    """``(origin, json_text)`` for every row of the source, in order.
+
+    A file that cannot be read to its end (a truncated ``.gz``, bytes that are not UTF-8, an I/O error)
+    raises ``ValueError`` naming the file and the last row read: the rows of a damaged file are never
+    silently cut short."""
     readers = {
         "jsonl": _iter_jsonl,
         "json": _iter_json,
@@ -123,7 +128,24 @@ def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
         "datasets": _iter_datasets,
         "hub": _iter_hub,
     }
-    return readers[spec.kind](spec)
+    last = None
+    try:
+        for origin, raw in readers[spec.kind](spec):
+            last = origin
+            yield origin, raw
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error) as err:
+        after = f"after {last}" if last else "before its first row"
+        hint = (
+            "truncated or corrupt"
+            if isinstance(err, EOFError | zlib.error | gzip.BadGzipFile)
+            else "unreadable"
+        )
+        if isinstance(err, UnicodeDecodeError):
+            hint = "not UTF-8 text"
+        raise ValueError(
+            f"source {spec.display}: reading failed {after}: the file is {hint} ({type(err).__name__}: {err}); "
+            "fix or re-download it"
+        ) from err
 
 
 def _iter_jsonl(spec: SourceSpec) -> Iterator[tuple[str, str]]:
