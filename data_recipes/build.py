@@ -37,7 +37,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_recipes import manifest as mf
-from data_recipes.mixture import MixtureConfig, sample_counts, split_validation
+from data_recipes.mixture import MixtureConfig, check_inputs, sample_counts, split_validation
 from data_recipes.outdir import check_out, owned_output
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
 from data_recipes.pipeline import RECORD_COLUMNS, SourceRules, WorkerContext, get_tokenizer, process_batch
@@ -206,7 +206,7 @@ def select(cfg: MixtureConfig, cols: dict[str, np.ndarray]) -> Selection:
     train, val, selected = [], [], []
     for s, src in enumerate(cfg.sources):
         pool = np.flatnonzero(kept & (cols["source"] == s))
-        counts = sample_counts(len(pool), src, np.random.default_rng([cfg.seed, s, 0]))
+        counts = sample_counts(len(pool), src, np.random.default_rng([cfg.seed, s, 0]), cfg.max_repeat)
         chosen, reps = pool[counts > 0], counts[counts > 0]
         is_train, is_val = split_validation(
             chosen, cfg.validation_fraction, np.random.default_rng([cfg.seed, s, 1])
@@ -318,6 +318,7 @@ def run_stages(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     inputs = read_sources(specs, work / "raw.arrow", progress)
+    check_inputs(cfg, [i["num_inputs"] for i in inputs])
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
@@ -326,6 +327,7 @@ def run_stages(
     cols = mf.columns(samples)
     sel = select(cfg, cols)
     mf.enforce(cfg, sel.reason, cols, samples, strict)
+    mf.require_training_samples(cfg, sel, samples)
     splits, plans = {}, {}
     for salt, (name, items) in enumerate((("train", sel.train), ("validation", sel.validation))):
         plans[name] = pack_split(items, cols["length"], cfg, salt)

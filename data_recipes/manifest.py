@@ -77,6 +77,23 @@ def enforce(
     raise ValueError(f"{why}: {int(limited.sum())} sample(s) would be dropped:\n" + "\n".join(lines))
 
 
+def require_training_samples(cfg: MixtureConfig, sel, samples) -> None:
+    """A build that would write no training sample (all weights / counts zero, every sample dropped)
+    is an error that says why, never an empty dataset and exit 0."""
+    if len(sel.train):
+        return
+    kept = int((sel.reason == "").sum())
+    summary = drop_summary(sel.reason, samples)
+    drops = "; ".join(
+        f"{name}: {n} (first: {summary['drop_details'][name][0]})" for name, n in summary["dropped"].items()
+    )
+    if kept:
+        why = f"{kept} sample(s) were kept, but the mixture selects none for training (weights / counts are zero?)"
+    else:
+        why = f"every one of the {len(sel.reason)} sample(s) was dropped ({drops})"
+    raise ValueError(f"the build would write an empty training set: {why}")
+
+
 def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
     tokens = int(cols["length"][records].sum())
     return {

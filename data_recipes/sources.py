@@ -31,6 +31,7 @@ from typing import IO, Any, Literal
 
 SourceKind = Literal["jsonl", "json", "parquet", "datasets", "hub"]
 CHUNK_CHARS = 1 << 20
+MAX_INDENT = 256  # longest line prefix kept across buffer refills (JSON arrays)
 BATCH_ROWS = 1024
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
@@ -169,6 +170,13 @@ def _iter_json(spec: SourceSpec) -> Iterator[tuple[str, str]]:
 
 
 def _iter_json_array(f: IO[str], buf: str, display: str) -> Iterator[tuple[str, str]]:
+    """The elements of a top-level array, one at a time, with the line each starts on.
+
+    A malformed element is passed on as text (the worker counts it as ``malformed_json`` with its
+    line) and reading resumes at the next element: the next line that opens an object at the broken
+    element's indentation (how JSON writers lay out arrays of rows). Where that cannot be found (an
+    array written on one line, a file cut short) the file is refused as a whole, naming the line: an
+    array is never read halfway."""
     decoder = json.JSONDecoder()
     pos = buf.index("[") + 1
     line = 1 + buf.count("\n", 0, pos)
@@ -180,28 +188,61 @@ def _iter_json_array(f: IO[str], buf: str, display: str) -> Iterator[tuple[str, 
         if pos >= len(buf) and not eof:
             buf, pos, eof = _refill(f, buf, pos)
             continue
-        if pos >= len(buf) or buf[pos] == "]":
+        if pos >= len(buf):
+            raise ValueError(f"{display}:{line}: the JSON array is not closed: the file is truncated")
+        if buf[pos] == "]":
+            _check_rest(f, buf[pos + 1 :], display, line)
             return
         try:
             _, end = decoder.raw_decode(buf, pos)
-            broken = False
-        except json.JSONDecodeError:
-            end, broken = len(buf), True
-        if end >= len(buf) and not eof:  # maybe just cut by the chunk boundary: read on
+            error = None
+        except json.JSONDecodeError as err:
+            end, error = len(buf), err
+        resume = _next_element(buf, pos) if error else -1
+        if end >= len(buf) and resume < 0 and not eof:  # maybe just cut by the chunk boundary: read on
             buf, pos, eof = _refill(f, buf, pos)
             continue
-        # A malformed element is passed on as text and counted downstream with its line; an array
-        # cannot be resynchronised after it, so the rest of the file goes with it.
-        yield f"{display}:{line}", buf[pos:end]
-        if broken:
-            return
+        if error is not None:
+            if resume < 0:
+                raise ValueError(
+                    f"{display}:{line}: malformed element in the JSON array ({error.msg}), and the next "
+                    "element cannot be found after it (one-line array or truncated file): fix the element "
+                    "or convert the file to JSON Lines"
+                )
+            end = resume
+        yield f"{display}:{line}", buf[pos:end].rstrip(" \t\r\n,")
         line += buf.count("\n", pos, end)
         pos = end
 
 
+def _next_element(buf: str, pos: int) -> int:
+    """Where the element after the one starting at ``pos`` starts: the next line that opens an object
+    at the same indentation; -1 if the element does not start its line or no such line is buffered."""
+    newline = buf.rfind("\n", 0, pos)
+    indent = buf[newline + 1 : pos]
+    if newline < 0 or indent.strip():
+        return -1
+    hit = buf.find(f"\n{indent}{{", pos)
+    return hit + 1 if hit >= 0 else -1
+
+
+def _check_rest(f: IO[str], rest: str, display: str, line: int) -> None:
+    """Nothing but whitespace may follow the array's closing bracket."""
+    while True:
+        if rest.strip():
+            raise ValueError(f"{display}:{line}: content after the end of the JSON array")
+        rest = f.read(CHUNK_CHARS)
+        if not rest:
+            return
+
+
 def _refill(f: IO[str], buf: str, pos: int) -> tuple[str, int, bool]:
+    """More text after ``buf[pos:]``; the current line's start (its newline and indentation) is kept
+    so that :func:`_next_element` still sees the indentation of the element at ``pos``."""
     chunk = f.read(CHUNK_CHARS)
-    return buf[pos:] + chunk, 0, not chunk
+    keep = buf.rfind("\n", 0, pos)
+    keep = keep if keep >= 0 and pos - keep <= MAX_INDENT else pos
+    return buf[keep:] + chunk, pos - keep, not chunk
 
 
 def _json_default(value: Any) -> Any:

@@ -86,6 +86,7 @@ def test_inspect_marks_trained_tokens(capsys):
 def test_tokenizer_command_writes_the_three_files(tmp_path, capsys):
     assert main(["tokenizer", "--out", str(tmp_path / "tok")]) == 0
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [
+        ".hermes-sft-owner.json",
         "chat_template.jinja",
         "tokenizer.json",
         "tokenizer_config.json",
