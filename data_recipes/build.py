@@ -93,13 +93,13 @@ def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[di
     stats = []
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, RAW_SCHEMA) as writer:
         for i, spec in enumerate(specs):
-            digest, n = hashlib.sha256(), 0
+            digest, n = mf.content_hasher(), 0
             origins: list[str] = []
             raws: list[str] = []
             for origin, raw in tqdm(
                 iter_rows(spec), desc=f"read {spec.display}", unit=" rows", disable=not progress
             ):
-                digest.update(raw.encode("utf-8", errors="surrogatepass"))
+                digest.update(raw.encode("utf-8", errors="surrogatepass") + b"\0")  # NUL: never in JSON text
                 origins.append(origin)
                 raws.append(raw)
                 n += 1
@@ -107,7 +107,7 @@ def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[di
                     _write_raw(writer, i, origins, raws)
                     origins, raws = [], []
             _write_raw(writer, i, origins, raws)
-            stats.append({"num_inputs": n, "content_hash": digest.hexdigest()[:16]})
+            stats.append({"num_inputs": n, "content_hash": digest.hexdigest()})
     return stats
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from data_recipes.config_io import to_dict
 from data_recipes.mixture import MixtureConfig, config_hash
@@ -25,6 +26,20 @@ from data_recipes.tokenizer import template_fingerprint, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
 MAX_EXAMPLES = 5
+
+
+def content_hasher() -> xxhash.xxh3_128:
+    """The per-source content hash: XXH3-128 over every row's text as read, each followed by a NUL."""
+    return xxhash.xxh3_128()
+
+
+def content_fingerprint(per_source: dict[str, dict[str, Any]]) -> str:
+    """One hash of the dataset's inputs: every source's label, content hash and row count, in config
+    order. Two builds with the same fingerprint read the same rows (what training resume compares)."""
+    h = xxhash.xxh3_128()
+    for label, entry in per_source.items():
+        h.update(json.dumps([label, entry["content_hash"], entry["num_inputs"]]).encode() + b"\n")
+    return h.hexdigest()
 
 
 def columns(samples) -> dict[str, np.ndarray]:
@@ -139,6 +154,7 @@ def make_manifest(
     num_rows = sum(s["num_rows"] for s in splits.values())
     num_tokens = sum(s["num_tokens"] for s in splits.values())
     totals = drop_summary(sel.reason, samples)
+    per_source = _per_source(cfg, specs, inputs, cols, sel, samples)
     manifest = {
         "format_version": FORMAT_VERSION,
         "max_seq_len": cfg.max_seq_len,
@@ -159,7 +175,8 @@ def make_manifest(
         "num_trained_tokens": sum(s["num_trained_tokens"] for s in splits.values()),
         "packing_efficiency": num_tokens / (num_rows * cfg.max_seq_len) if num_rows else 1.0,
         "splits": splits,
-        "per_source": _per_source(cfg, specs, inputs, cols, sel, samples),
+        "per_source": per_source,
+        "content_fingerprint": content_fingerprint(per_source),
         "num_proc": num_proc,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(cfg),
@@ -203,6 +220,8 @@ def tables(manifest: dict[str, Any]) -> list:
         "tokenizer / template", f"{manifest['tokenizer_fingerprint']} / {manifest['template_fingerprint']}"
     )
     overview.add_row("config_hash", manifest["config_hash"])
+    if "content_fingerprint" in manifest:  # manifests of earlier builds lack it
+        overview.add_row("content_fingerprint", manifest["content_fingerprint"])
 
     per = Table(title="per source")
     for col in ("source", "recipe", "in", "kept", "dropped", "out", "val", "tokens", "trained", "cut"):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,7 @@ def test_build_stats_inspect_sample_config(tmp_path, repo_root):
     )
 
     again = cli("data", "build", "configs/data/sample.yaml", "--out", str(out), "--quiet", cwd=repo_root)
-    assert again.returncode == 2 and "folder exists and is not empty" in again.stderr
+    assert again.returncode == 2 and "exists and is not empty: pass --overwrite" in again.stderr
 
     stats = cli("data", "stats", str(out), cwd=repo_root)
     assert stats.returncode == 0 and "packing_efficiency" in stats.stdout and "length_control" in stats.stdout
@@ -86,3 +88,23 @@ def test_clear_errors(tmp_path, repo_root):
     assert done.returncode == 2 and "--strict: 20 sample(s) would be dropped" in done.stderr
     done = cli("data", "stats", str(tmp_path), cwd=repo_root)
     assert done.returncode == 2 and "no manifest.json" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_build_removes_the_staging_folder(tmp_path, sig):
+    """Issue 13: SIGTERM (a SLURM preemption, `kill`) cleans up as Ctrl-C does: no hidden temp folder."""
+    row = {"messages": [{"role": "user", "content": "q " * 50}, {"role": "assistant", "content": "a " * 50}]}
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({**row, "id": i}) + "\n" for i in range(40_000)))
+    (tmp_path / "mix.yaml").write_text("sources:\n  - {path: rows.jsonl, recipe: plain}\n")
+    exe = shutil.which("hermes-sft", path=str(Path(sys.executable).parent)) or "hermes-sft"
+    cmd = [exe, "data", "build", "mix.yaml", "--out", "out", "--quiet", "--num-proc", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tmp-*/.work/raw.arrow")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err
+    assert "partial output was removed" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix.yaml", "rows.jsonl"]

@@ -31,7 +31,10 @@ def test_load_resolves_paths_against_the_config_folder(tmp_path, write_config):
         ("sources:\n  - {path: a.jsonl, recipe: plain}\nmax_seq_lenn: 5\n", "unknown key"),
         ("sources:\n  - {path: a.jsonl, recipe: plain, weigth: 2}\n", "unknown key"),
         ("sources:\n  - {path: a.jsonl}\n", "'recipe' is required"),
-        ("sources:\n  - {path: a.jsonl, recipe: fancy}\n", r"recipe: .fancy. is not one of \[.reasoning., .plain."),
+        (
+            "sources:\n  - {path: a.jsonl, recipe: fancy}\n",
+            r"recipe: .fancy. is not one of \[.reasoning., .plain.",
+        ),
         ("sources:\n  - {path: a.jsonl, hub: x/y, recipe: plain}\n", "exactly one of"),
         ("sources:\n  - {path: a.jsonl, recipe: plain, weight: 1, count: 3}\n", "not both"),
         ("sources:\n  - {path: a.jsonl, recipe: length_control}\n", "budget is required"),
