@@ -10,19 +10,27 @@ Tensors memory-mapped from a file (``torch.load(mmap=True)``) keep every page th
 in the process (counted in its RSS) until unmapped. :func:`release_pages` hands the pages of a region
 that has been copied out back to the kernel (``madvise(MADV_DONTNEED)``); it is only ever called on
 read-only, file-backed private mappings, where the pages are re-read from the file if touched again.
+
+Safetensors reader: the header is parsed once; each read is a ``pread`` of exactly the requested rows.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import mmap
+import os
+import struct
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from train.safetensors_io import DTYPES, item_size
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 """Rows are processed in chunks of at most this many bytes of fp32 (one row if a row is larger)."""
@@ -160,3 +168,93 @@ def release_pages(region: torch.Tensor) -> None:
     last = end // page * page
     if last > first:
         madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+class SafetensorsFile:
+    """Header of one ``.safetensors`` file plus positional reads of its tensors."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > 100_000_000:
+                    raise ValueError("header too large")
+                header = json.loads(f.read(length))
+        except (OSError, ValueError, struct.error) as err:
+            raise ValueError(f"{self.path}: not a readable safetensors file ({err})") from err
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + length
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        size = self.path.stat().st_size
+        for name, info in header.items():
+            if info["dtype"] not in DTYPES:
+                raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+            start, end = info["data_offsets"]
+            dtype, shape = DTYPES[info["dtype"]], tuple(info["shape"])
+            if end - start != math.prod(shape) * item_size(dtype) or self.data_start + end > size:
+                raise ValueError(f"{self.path}: tensor {name} lies outside the file (truncated?)")
+            self.entries[name] = (dtype, shape, start, end)
+
+    def tensor(self, name: str) -> SafetensorsTensor:
+        dtype, shape, start, _ = self.entries[name]
+        return SafetensorsTensor(self.path, self.data_start + start, shape, dtype)
+
+
+class SafetensorsTensor(LazyTensor):
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        per_row = math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
+        count = (stop - start) * per_row
+        out = torch.empty(count, dtype=self.dtype)
+        if count:
+            buf = out.view(torch.uint8).numpy()
+            _pread_into(self.path, buf, self.offset + start * per_row * out.element_size())
+        if not self.shape:
+            return out
+        return out.reshape((stop - start, *self.shape[1:]))
+
+
+def _pread_into(path: Path, buf, offset: int) -> None:
+    view = memoryview(buf).cast("B")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ValueError(f"{path}: unexpected end of file (truncated?)")
+            done += n
+    finally:
+        os.close(fd)
+
+
+def read_safetensors_folder(folder: str | os.PathLike, stem: str = "model") -> dict[str, LazyTensor]:
+    """Every tensor of a Hugging Face folder (``{stem}.safetensors`` or an index of shards), lazily."""
+    folder = Path(folder)
+    index = folder / f"{stem}.safetensors.index.json"
+    single = folder / f"{stem}.safetensors"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = {
+            f: SafetensorsFile(folder / f) for f in sorted(set(weight_map.values())) if _exists(folder / f)
+        }
+        missing = sorted(set(weight_map.values()) - set(files))
+        if missing:
+            raise ValueError(f"{folder}: shards listed in {index.name} are missing: {', '.join(missing[:5])}")
+        out: dict[str, LazyTensor] = {}
+        for name, file in weight_map.items():
+            if name not in files[file].entries:
+                raise ValueError(f"{folder}: {index.name} puts {name} in {file}, which does not hold it")
+            out[name] = files[file].tensor(name)
+        return out
+    if single.is_file():
+        st = SafetensorsFile(single)
+        return {name: st.tensor(name) for name in st.entries}
+    raise ValueError(f"{folder}: no {stem}.safetensors or {index.name}")
+
+
+def _exists(path: Path) -> bool:
+    return path.is_file()

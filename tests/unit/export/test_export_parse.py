@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from train.export.parse import ToolCall, parse_output, parse_reasoning, parse_tool_calls
+from train.export.verify.report import ParsedToolCall, parse_output, parse_reasoning, parse_tool_calls
 
 
 def test_plain_text_has_no_calls():
@@ -18,7 +18,7 @@ def test_one_call_with_newlines_and_content_before():
     text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     r = parse_tool_calls(text)
     assert r.tools_called
-    assert r.tool_calls == [ToolCall("get_weather", '{"city": "Paris"}')]
+    assert r.tool_calls == [ParsedToolCall("get_weather", '{"city": "Paris"}')]
     assert r.content == "Let me check.\n"
 
 
@@ -36,7 +36,7 @@ def test_several_calls_and_no_content():
 
 def test_unterminated_final_call_is_parsed():
     r = parse_tool_calls('<tool_call>{"name": "a", "arguments": {"k": 1}}')
-    assert r.tools_called and r.tool_calls == [ToolCall("a", '{"k": 1}')]
+    assert r.tools_called and r.tool_calls == [ParsedToolCall("a", '{"k": 1}')]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_reasoning_then_tool_call():
     out = parse_output(text)
     assert out.reasoning == "\nneed weather\n"
     assert out.content == "\n"
-    assert out.tool_calls == [ToolCall("w", '{"c": "P"}')]
+    assert out.tool_calls == [ParsedToolCall("w", '{"c": "P"}')]
 
 
 def test_reasoning_then_bad_call_keeps_content():
@@ -83,7 +83,7 @@ def test_template_rendering_parses_back(tokenizer):
     """What the template renders for a tool call is what the parser reads back."""
     from data_recipes.messages import conversation_from_openai
     from data_recipes.render import RenderOptions, assistant_body, render
-    from train.export.samples import CONVERSATIONS
+    from train.export.verify.folder import CONVERSATIONS
 
     _, row, _ = CONVERSATIONS[3]
     conv = conversation_from_openai(row)
@@ -91,4 +91,4 @@ def test_template_rendering_parses_back(tokenizer):
     text = assistant_body(call_turn)
     assert text in render(conv, tokenizer, RenderOptions()).text
     out = parse_output(text)
-    assert out.tool_calls == [ToolCall("get_weather", '{"city": "Paris", "unit": "c"}')]
+    assert out.tool_calls == [ParsedToolCall("get_weather", '{"city": "Paris", "unit": "c"}')]

@@ -1,9 +1,6 @@
-"""Streaming safetensors: a positional reader and a planned, sharded writer.
+"""The one safetensors writer: planned, sharded, streamed (exports and the trainer's gathered saves).
 
-Reader: the header is parsed once; each read is a ``pread`` of exactly the requested rows into a fresh
-buffer, so memory is the rows asked for (no mmap, nothing stays resident).
-
-Writer: every tensor's shape and dtype is known before any data exists, so the shard layout, the
+Every tensor's shape and dtype is known before any data exists, so the shard layout, the
 headers and every byte offset are planned up front. Data then arrives in any order, chunk by chunk,
 and is written with ``pwrite`` at its planned offset; nothing larger than one chunk is ever held. The
 files are byte-identical to ``safetensors.torch.save_file`` (same header JSON, same tensor order:
@@ -21,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from train.export.tensors import LazyTensor
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -42,7 +37,7 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 
 
-def _item_size(dtype: torch.dtype) -> int:
+def item_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -64,102 +59,6 @@ def parse_size(text: str | int) -> int:
     return int(value * units[unit])
 
 
-# --- reading ------------------------------------------------------------------------------------
-
-
-class SafetensorsFile:
-    """Header of one ``.safetensors`` file plus positional reads of its tensors."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                if length > 100_000_000:
-                    raise ValueError("header too large")
-                header = json.loads(f.read(length))
-        except (OSError, ValueError, struct.error) as err:
-            raise ValueError(f"{self.path}: not a readable safetensors file ({err})") from err
-        self.metadata = header.pop("__metadata__", None) or {}
-        self.data_start = 8 + length
-        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-        size = self.path.stat().st_size
-        for name, info in header.items():
-            if info["dtype"] not in DTYPES:
-                raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            dtype, shape = DTYPES[info["dtype"]], tuple(info["shape"])
-            if end - start != math.prod(shape) * _item_size(dtype) or self.data_start + end > size:
-                raise ValueError(f"{self.path}: tensor {name} lies outside the file (truncated?)")
-            self.entries[name] = (dtype, shape, start, end)
-
-    def tensor(self, name: str) -> SafetensorsTensor:
-        dtype, shape, start, _ = self.entries[name]
-        return SafetensorsTensor(self.path, self.data_start + start, shape, dtype)
-
-
-class SafetensorsTensor(LazyTensor):
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        per_row = math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
-        count = (stop - start) * per_row
-        out = torch.empty(count, dtype=self.dtype)
-        if count:
-            buf = out.view(torch.uint8).numpy()
-            _pread_into(self.path, buf, self.offset + start * per_row * out.element_size())
-        if not self.shape:
-            return out
-        return out.reshape((stop - start, *self.shape[1:]))
-
-
-def _pread_into(path: Path, buf, offset: int) -> None:
-    view = memoryview(buf).cast("B")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise ValueError(f"{path}: unexpected end of file (truncated?)")
-            done += n
-    finally:
-        os.close(fd)
-
-
-def read_safetensors_folder(folder: str | os.PathLike, stem: str = "model") -> dict[str, LazyTensor]:
-    """Every tensor of a Hugging Face folder (``{stem}.safetensors`` or an index of shards), lazily."""
-    folder = Path(folder)
-    index = folder / f"{stem}.safetensors.index.json"
-    single = folder / f"{stem}.safetensors"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = {
-            f: SafetensorsFile(folder / f) for f in sorted(set(weight_map.values())) if _exists(folder / f)
-        }
-        missing = sorted(set(weight_map.values()) - set(files))
-        if missing:
-            raise ValueError(f"{folder}: shards listed in {index.name} are missing: {', '.join(missing[:5])}")
-        out: dict[str, LazyTensor] = {}
-        for name, file in weight_map.items():
-            if name not in files[file].entries:
-                raise ValueError(f"{folder}: {index.name} puts {name} in {file}, which does not hold it")
-            out[name] = files[file].tensor(name)
-        return out
-    if single.is_file():
-        st = SafetensorsFile(single)
-        return {name: st.tensor(name) for name in st.entries}
-    raise ValueError(f"{folder}: no {stem}.safetensors or {index.name}")
-
-
-def _exists(path: Path) -> bool:
-    return path.is_file()
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -168,7 +67,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * _item_size(self.dtype)
+        return math.prod(self.shape) * item_size(self.dtype)
 
 
 @dataclass
@@ -183,7 +82,7 @@ class _Shard:
 
 
 def _header(specs: list[TensorSpec]) -> tuple[bytes, dict[str, int], int]:
-    ordered = sorted(specs, key=lambda s: (-_item_size(s.dtype), s.name))
+    ordered = sorted(specs, key=lambda s: (-item_size(s.dtype), s.name))
     entries: dict[str, dict] = {}
     offset = 0
     rel: dict[str, int] = {}
@@ -259,7 +158,7 @@ class ShardedWriter:
         assert data.dtype == spec.dtype, f"{name}: got {data.dtype}, planned {spec.dtype}"
         per_row = math.prod(spec.shape[1:]) if len(spec.shape) > 1 else 1
         raw = data.contiguous().reshape(-1).view(torch.uint8)
-        begin = start_row * per_row * _item_size(spec.dtype)
+        begin = start_row * per_row * item_size(spec.dtype)
         assert begin + raw.numel() <= spec.nbytes, f"{name}: write past the end of the tensor"
         if shard.fd is None:
             self._open(shard)
@@ -298,12 +197,7 @@ class ShardedWriter:
         assert not short, f"tensors not fully written: {short[:5]}"
         weight_map = {s.name: shard.filename for shard in self.shards for s in shard.specs}
         if self.single_file is None:
-            index = {
-                "metadata": {"total_size": self.total_bytes},
-                "weight_map": dict(sorted(weight_map.items())),
-            }
-            text = json.dumps(index, indent=2) + "\n"
-            (self.folder / f"{self.stem}.safetensors.index.json").write_text(text, encoding="utf-8")
+            write_index(self.folder, self.stem, weight_map, self.total_bytes)
         return weight_map
 
 
@@ -324,3 +218,23 @@ def _pwrite_all(fd: int, buf, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done : done + (1 << 30)], offset + done)
+
+
+def write_index(folder: Path, stem: str, weight_map: dict[str, str], total_bytes: int) -> None:
+    """``{stem}.safetensors.index.json``: total size and the sorted tensor → shard map (Hugging Face's)."""
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+    text = json.dumps(index, indent=2) + "\n"
+    (folder / f"{stem}.safetensors.index.json").write_text(text, encoding="utf-8")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write in-memory tensors as one ``.safetensors`` file (what ``safetensors.torch.save_file`` writes)."""
+    specs = [TensorSpec(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    writer = ShardedWriter(path.parent, specs, max_shard_bytes=0, single_file=path.name)
+    try:
+        for name, t in tensors.items():
+            writer.write(name, t)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise

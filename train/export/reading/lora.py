@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from train.export.tensors import LazyTensor
+from train.export.reading.tensors import LazyTensor
 
 _PREFIX = "base_model.model."
 _LORA_RE = re.compile(

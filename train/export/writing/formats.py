@@ -1,4 +1,9 @@
-"""FP8 (W8A8 ``FP8_DYNAMIC``) export in the compressed-tensors format, streamed row block by row block.
+"""The weight formats of an export: BF16 (also the copy step FP8 uses for the layers it keeps) and FP8.
+
+
+BF16 export: every tensor cast to bfloat16 (non-floating buffers keep their dtype), row chunk by chunk.
+
+FP8 (W8A8 ``FP8_DYNAMIC``) export in the compressed-tensors format, streamed row block by row block.
 
 Scheme (compressed-tensors preset ``FP8_DYNAMIC``, what llm-compressor's ``QuantizationModifier(
 scheme="FP8_DYNAMIC", targets="Linear", ignore=["lm_head"])`` produces): every ``nn.Linear`` weight
@@ -19,6 +24,7 @@ is held.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,10 +32,30 @@ from pathlib import Path
 
 import torch
 
-from train.export.bf16 import copy_rows
-from train.export.safetensors_io import ShardedWriter, TensorSpec
-from train.export.tensors import DEFAULT_CHUNK_BYTES, LazyTensor, row_chunks
-from train.export.writer import Output
+from train.export.reading.source import build_config
+from train.export.reading.tensors import DEFAULT_CHUNK_BYTES, LazyTensor, row_chunks
+from train.export.writing.folder import Output
+from train.safetensors_io import ShardedWriter, TensorSpec
+
+
+def copy_rows(name: str, t: LazyTensor, dtype: torch.dtype, chunk_bytes: int, writer: ShardedWriter) -> None:
+    """Stream ``t`` into ``writer`` as ``dtype`` (round to nearest even for fp32 → bf16)."""
+    for start, stop in row_chunks(t, chunk_bytes):
+        writer.write(name, t.rows(start, stop).to(dtype), start)
+
+
+def out_dtype(t: LazyTensor) -> torch.dtype:
+    return torch.bfloat16 if t.dtype.is_floating_point else t.dtype
+
+
+def bf16_outputs(tensors: dict[str, LazyTensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Output]:
+    outputs = []
+    for name, t in tensors.items():
+        dtype = out_dtype(t)
+        spec = TensorSpec(name, tuple(t.shape), dtype)
+        outputs.append(Output([spec], partial(copy_rows, name, t, dtype, chunk_bytes), name))
+    return outputs
+
 
 SCHEME = "FP8_DYNAMIC"
 DEFAULT_IGNORE = ("lm_head",)
@@ -72,8 +98,6 @@ def plan_fp8(config_dict: dict, tensors: dict[str, LazyTensor], extra_ignore: li
     """Which modules to quantize; raises ValueError naming every layer that cannot be quantized."""
     from compressed_tensors.utils import is_match
     from transformers import AutoModelForCausalLM
-
-    from train.export.model_meta import build_config
 
     ignore = [*DEFAULT_IGNORE, *extra_ignore]
     with torch.device("meta"):
@@ -196,8 +220,6 @@ def fp8_outputs(
 
 def write_quantization_config(folder: Path, plan: Fp8Plan) -> dict:
     """Add the ``quantization_config`` block to ``folder/config.json`` with compressed-tensors itself."""
-    import json
-
     from compressed_tensors.compressors import ModelCompressor
 
     ModelCompressor(quantization_config=quantization_config(plan.ignore)).update_config(str(folder))

@@ -10,8 +10,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from train.export.ds_load import Opaque, load_deepspeed_file
-from train.export.zero3_reader import open_zero3
+from train.export.reading.zero3 import Opaque, load_deepspeed_file, open_zero3
 
 WORLD = 3
 

@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from train.export.card import CardInfo, model_card
-from train.export.files import export_config, generation_config, write_tokenizer
-from train.export.source import resolve_source
+from train.export.reading.source import resolve_source
+from train.export.writing.folder import (
+    CardInfo,
+    export_config,
+    generation_config,
+    model_card,
+    write_tokenizer,
+)
 
 
 def test_generation_config_contents():
@@ -19,7 +24,7 @@ def test_generation_config_contents():
 
 
 def test_export_config_for_inference():
-    from train.export.fixtures import llama_config
+    from tests.export_fixtures import llama_config
 
     raw = llama_config(use_cache=False).to_dict()
     raw["_name_or_path"] = "/somewhere"
@@ -31,10 +36,10 @@ def test_export_config_for_inference():
         export_config(llama_config(vocab_size=1000).to_dict(), "LlamaForCausalLM")
 
 
-def test_tokenizer_is_copied_byte_for_byte(tmp_path):
-    from data_recipes.tokenizer import chat_template_text, load_tokenizer, save_tokenizer
+def test_tokenizer_is_copied_byte_for_byte(tmp_path, tokenizer):
+    from data_recipes.tokenizer import chat_template_text, save_tokenizer
 
-    src = save_tokenizer(load_tokenizer(), tmp_path / "tok")
+    src = save_tokenizer(tokenizer, tmp_path / "tok")
     out = tmp_path / "out"
     out.mkdir()
     template, notes = write_tokenizer(out, src)
@@ -144,9 +149,9 @@ def test_gathered_16bit_bin_folder_exports(tmp_path):
     """A ``pytorch_model.bin`` save (DeepSpeed's save_16bit_model) is read memory-mapped, tensors only."""
     import torch
 
+    from tests.export_fixtures import llama_config
     from train.export import export_checkpoint
-    from train.export.fixtures import llama_config
-    from train.export.safetensors_io import read_safetensors_folder
+    from train.export.reading.tensors import read_safetensors_folder
 
     config = llama_config()
     torch.manual_seed(0)

@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from train.export.safetensors_io import read_safetensors_folder
-from train.export.tensors import LazyTensor, row_chunks
-from train.export.verify import FAIL, PASS, SKIP, Reference, VerifyReport
+from data_recipes.messages import conversation_from_openai, to_template_messages
+from data_recipes.tokenizer import EOT_ID
+from train.export.reading.lora import adapter_tensors
+from train.export.reading.source import build_config
+from train.export.reading.tensors import LazyTensor, read_safetensors_folder, row_chunks
+from train.export.verify.folder import CONVERSATIONS
+from train.export.verify.report import FAIL, PASS, SKIP, Reference, VerifyReport, parse_output
+from train.export.writing.formats import quantize_rows
 
 FP32_LOGITS_TOLERANCE = 1e-2
 """LoRA adapters (BF16 factors applied by PEFT) against the fp32 merged reference: relative error bound."""
@@ -64,18 +70,12 @@ def run_model_checks(
         report.add("load", FAIL, f"{type(err).__name__}: {err}")
         return
     report.add("load", PASS, detail)
-    prompts = [_chat_ids(tokenizer, row, thinking) for _, row, thinking in _samples()]
+    prompts = [_chat_ids(tokenizer, row, thinking) for _, row, thinking in CONVERSATIONS]
     if ref is not None:
         check_logits(report, model, prompts, ref, min_top1, max_rel_err, min_margin)
     else:
         report.add("logits", SKIP, "no reference given")
     check_generate(report, model, tokenizer, max_new_tokens)
-
-
-def _samples():
-    from train.export.samples import CONVERSATIONS
-
-    return CONVERSATIONS
 
 
 def _model_params(
@@ -102,11 +102,6 @@ def _adapter_base(folder: Path, base_model: str | Path | None) -> Path | None:
 def check_weights(
     report: VerifyReport, exported: dict[str, LazyTensor], ref: Reference, progress: bool
 ) -> None:
-    from tqdm import tqdm
-
-    from train.export.fp8 import quantize_rows
-    from train.export.lora import adapter_tensors
-
     if report.kind == "lora-adapter":
         if ref.weights.adapter is None:
             report.add("weights", FAIL, "the reference is not a LoRA checkpoint")
@@ -215,8 +210,6 @@ def _load_adapter(folder: Path, base_model: str | Path | None, tokenizer):
 
 
 def _chat_ids(tokenizer, row: dict, thinking: bool) -> torch.Tensor:
-    from data_recipes.messages import conversation_from_openai, to_template_messages
-
     conv = conversation_from_openai(row)
     enc = tokenizer.apply_chat_template(
         to_template_messages(conv),
@@ -231,12 +224,10 @@ def _chat_ids(tokenizer, row: dict, thinking: bool) -> torch.Tensor:
 # --- logits -------------------------------------------------------------------------------------
 
 
-def build_model(config_dict: dict, tensors: dict[str, LazyTensor]) -> torch.nn.Module:
+def model_from_tensors(config_dict: dict, tensors: dict[str, LazyTensor]) -> torch.nn.Module:
     """A transformers model holding ``tensors`` (fp32), filled tensor by tensor."""
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
-
-    from train.export.model_meta import build_config
 
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(build_config(config_dict), dtype=torch.float32)
@@ -286,7 +277,7 @@ def check_logits(
     max_rel_err: float,
     min_margin: float,
 ) -> None:
-    ref_model = build_model(ref.weights.config, ref.weights.model())
+    ref_model = model_from_tensors(ref.weights.config, ref.weights.model())
     got = _logits(model, prompts)
     want32 = _logits(ref_model, prompts)
     with torch.no_grad():
@@ -345,10 +336,7 @@ class _ForceToken:
 def check_generate(report: VerifyReport, model, tokenizer, max_new_tokens: int) -> None:
     from transformers import LogitsProcessorList
 
-    from data_recipes.tokenizer import EOT_ID
-    from train.export.parse import parse_output
-
-    _, row, thinking = _samples()[3]
+    _, row, thinking = CONVERSATIONS[3]
     row = {**row, "messages": row["messages"][:1]}
     ids = tokenizer.apply_chat_template(
         row["messages"],

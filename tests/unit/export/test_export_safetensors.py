@@ -8,15 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.export.safetensors_io import (
+from train.export.reading.tensors import (
+    InMemoryTensor,
+    MmapTensor,
     SafetensorsFile,
-    ShardedWriter,
-    TensorSpec,
-    parse_size,
     read_safetensors_folder,
+    row_chunks,
 )
-from train.export.tensors import InMemoryTensor, MmapTensor, row_chunks
-from train.export.writer import Output, atomic_output_dir, check_target, write_outputs
+from train.export.writing.folder import Output, atomic_output_dir, check_target, write_outputs
+from train.model import write_safetensors
+from train.safetensors_io import ShardedWriter, TensorSpec, parse_size
 
 
 def _tensors():
@@ -171,3 +172,44 @@ def test_free_space_is_checked_first(tmp_path, monkeypatch):
     spec = TensorSpec("x", (1024, 1024), torch.float32)
     with pytest.raises(ValueError, match="not enough disk space"):
         write_outputs(tmp_path, [Output([spec], lambda w: None)], 1 << 30, progress=False)
+
+
+def _save_file_reference(tensors, out, max_bytes):
+    """What the trainer's gathered save wrote before it used the one writer: save_file per shard."""
+    groups, size = [{}], 0
+    for name, t in tensors.items():
+        if size and size + t.numel() * t.element_size() > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = t
+        size += t.numel() * t.element_size()
+    if len(groups) == 1:
+        save_file(groups[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, group in enumerate(groups):
+        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        save_file(group, str(out / name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(group, name)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 60])
+def test_trainer_gathered_save_is_byte_identical_to_save_file(tmp_path, max_bytes):
+    tensors = _tensors()
+    ours, ref = tmp_path / "ours", tmp_path / "ref"
+    ours.mkdir()
+    ref.mkdir()
+    write_safetensors(iter(tensors.items()), ours, rank=0, max_shard_bytes=max_bytes)
+    _save_file_reference(tensors, ref, max_bytes)
+    names = sorted(p.name for p in ref.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names
+    assert (len(names) > 1) == (max_bytes == 60)
+    for name in names:
+        assert (ours / name).read_bytes() == (ref / name).read_bytes(), name
+    other_rank = tmp_path / "rank1"
+    other_rank.mkdir()
+    write_safetensors(((n, None) for n in tensors), other_rank, rank=1)
+    assert not any(other_rank.iterdir())

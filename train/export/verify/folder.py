@@ -1,107 +1,27 @@
-"""``verify_folder``: check an exported folder the way its users will load it, on CPU.
+"""Folder-level verify checks (files, config, generation config, template, template parity) and the
+fixed conversations every check renders.
 
-Checks, in order (each a row of the report; a failed row makes the verify fail):
 
-``files``           weights (index ↔ shards ↔ tensors), config, tokenizer, template, card present
-``config``          architecture, dtype, special ids; FP8: the ``quantization_config`` parses with
-                    compressed-tensors and is FP8_DYNAMIC (channel weights, dynamic per-token
-                    activations, ``lm_head`` ignored)
-``generation``      ``eos_token_id`` holds 128009 and 128001; sampling 0.6 / 0.95 / 20
-``template``        the chat template equals the training one byte for byte (and the dataset
-                    manifest's fingerprint)
-``template_parity`` ``apply_chat_template`` of the exported tokenizer == the training renderer's ids
-``load``            ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it (FP8 decompressed through
-                    compressed-tensors; adapters through PEFT on their base) with no missing or
-                    unexpected weights
-``weights``         (with a reference) every tensor, streamed: BF16 equal to the reference rounded to
-                    BF16; FP8 bytes equal to compressed-tensors' quantization of the reference
-``logits``          (with a reference) fixed prompts: BF16 equal to the reference in BF16; FP8
-                    relative error and top-1 agreement against the BF16 reference
-``generate``        a short greedy generation runs, stays within the limit and parses (``<think>``,
-                    ``<tool_call>``) without error; a forced ``<|eot_id|>`` ends generation
+Fixed conversations for verification: template parity, logits prompts, generation prompts.
+
+They cover the template's branches: default system prompt, a user system prompt, multi-turn history,
+reasoning (``thinking=True``), tool definitions, a tool call, a tool response and the answer after it.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from train.export.files import EOS_TOKEN_IDS, SAMPLING, TOKENIZER_FILES, template_fingerprint
-
-PASS, FAIL, SKIP = "pass", "fail", "skip"
-
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    detail: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Reference:
-    """What an exported folder is compared against."""
-
-    description: str
-    weights: Any  # train.export.weights.Weights
-    tokenizer_dir: Path | None = None
-    manifest: dict[str, Any] | None = None
-
-
-@dataclass
-class VerifyReport:
-    folder: Path
-    kind: str
-    reference: str | None
-    checks: list[Check] = field(default_factory=list)
-    display_name: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(c.status != FAIL for c in self.checks)
-
-    def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
-
-    def add(self, name: str, status: str, detail: str, **metrics: Any) -> Check:
-        c = Check(name, status, detail, metrics)
-        self.checks.append(c)
-        return c
-
-    def rows_for_card(self) -> list[tuple[str, str, str]]:
-        return [(c.name, c.status.upper(), c.detail) for c in self.checks]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "folder": str(self.folder),
-            "kind": self.kind,
-            "reference": self.reference,
-            "ok": self.ok,
-            "checks": [
-                {"name": c.name, "status": c.status, "detail": c.detail, "metrics": c.metrics}
-                for c in self.checks
-            ],
-        }
-
-    def table(self) -> str:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"verify {self.display_name or self.folder.name} ({self.kind})", show_lines=False)
-        for col in ("check", "result", "detail"):
-            table.add_column(col, overflow="fold")
-        style = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
-        for c in self.checks:
-            table.add_row(c.name, f"[{style[c.status]}]{c.status.upper()}[/]", c.detail)
-        console = Console(width=120, record=True, force_terminal=False, color_system=None)
-        with console.capture() as cap:
-            console.print(table)
-            console.print(f"result: {'PASS' if self.ok else 'FAIL'}")
-        return cap.get()
+from data_recipes.messages import conversation_from_openai, to_template_messages
+from data_recipes.render import IGNORE_INDEX, RenderOptions, render, render_text, template_kwargs
+from data_recipes.tokenizer import chat_template_text, load_tokenizer, template_fingerprint
+from train.export.reading.tensors import read_safetensors_folder
+from train.export.verify.report import FAIL, PASS, Reference, VerifyReport
+from train.export.writing.folder import EOS_TOKEN_IDS, SAMPLING
 
 
 def folder_kind(folder: Path) -> str:
@@ -111,70 +31,7 @@ def folder_kind(folder: Path) -> str:
     return "fp8" if "quantization_config" in config else "bf16"
 
 
-def verify_folder(
-    folder: str | Path,
-    reference: str | Path | Reference | None = None,
-    *,
-    base_model: str | Path | None = None,
-    max_new_tokens: int = 16,
-    min_top1: float = 0.99,
-    max_rel_err: float = 0.05,
-    min_margin: float = 0.1,
-    progress: bool = False,
-    display_name: str | None = None,
-) -> VerifyReport:
-    """Verify ``folder``; ``reference`` is a run / checkpoint / model folder or a :class:`Reference`.
-
-    ``min_top1`` / ``max_rel_err``: FP8 logits goals (top-1 agreement is judged on positions where the
-    reference's top-2 margin is at least ``min_margin`` logits; 0 judges every position).
-    """
-    from train.export import verify_model
-
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir() or not (
-        (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
-    ):
-        raise ValueError(f"{folder}: not an exported model folder (no config.json or adapter_config.json)")
-    ref = _reference(reference, base_model)
-    report = VerifyReport(
-        folder, folder_kind(folder), ref.description if ref else None, display_name=display_name
-    )
-    if not check_files(report, folder):
-        return report
-    check_config(report, folder)
-    check_generation(report, folder)
-    check_template(report, folder, ref)
-    tokenizer = check_template_parity(report, folder, ref)
-    if tokenizer is None:
-        return report
-    verify_model.run_model_checks(
-        report,
-        folder,
-        ref,
-        tokenizer,
-        base_model=base_model,
-        max_new_tokens=max_new_tokens,
-        min_top1=min_top1,
-        max_rel_err=max_rel_err,
-        min_margin=min_margin,
-        progress=progress,
-    )
-    return report
-
-
-def _reference(reference: str | Path | Reference | None, base_model: str | Path | None) -> Reference | None:
-    if reference is None or isinstance(reference, Reference):
-        return reference
-    from train.export.source import resolve_source
-    from train.export.weights import open_weights
-
-    src = resolve_source(reference, base_model=base_model)
-    return Reference(src.describe(), open_weights(src), src.tokenizer_dir, src.manifest)
-
-
 def check_files(report: VerifyReport, folder: Path) -> bool:
-    from train.export.safetensors_io import read_safetensors_folder
-
     stem = "adapter_model" if report.kind == "lora-adapter" else "model"
     config = "adapter_config.json" if report.kind == "lora-adapter" else "config.json"
     need = [
@@ -287,7 +144,6 @@ def _training_template(ref: Reference | None) -> tuple[str, str]:
     if ref is not None and ref.tokenizer_dir is not None:
         cfg = json.loads((ref.tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
         return cfg.get("chat_template") or "", f"the training tokenizer ({ref.tokenizer_dir})"
-    from data_recipes.tokenizer import chat_template_text
 
     return chat_template_text(), "data_recipes/chat_template.jinja"
 
@@ -313,7 +169,6 @@ def check_template(report: VerifyReport, folder: Path, ref: Reference | None) ->
 @functools.lru_cache(maxsize=4)
 def _training_tokenizer(path: str | None, stamp: tuple[int, int] | None):
     """The training renderer's tokenizer (cached per folder and file stamp within a process)."""
-    from data_recipes.tokenizer import load_tokenizer
 
     del stamp  # part of the cache key only
     return load_tokenizer(path) if path else load_tokenizer()
@@ -329,10 +184,6 @@ def _stamp(folder: Path | None) -> tuple[int, int] | None:
 def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | None):
     """Returns the exported tokenizer (``AutoTokenizer``), or None when it does not load."""
     from transformers import AutoTokenizer
-
-    from data_recipes.messages import conversation_from_openai, to_template_messages
-    from data_recipes.render import IGNORE_INDEX, RenderOptions, render, render_text, template_kwargs
-    from train.export.samples import CONVERSATIONS
 
     try:
         exported = AutoTokenizer.from_pretrained(str(folder))
@@ -379,8 +230,6 @@ def check_template_parity(report: VerifyReport, folder: Path, ref: Reference | N
 
 
 def _without_last(conv):
-    from dataclasses import replace
-
     return replace(conv, messages=conv.messages[:-1])
 
 
@@ -392,4 +241,81 @@ def _first_diff(got, want) -> str:
     return f"lengths {len(got)} vs {len(want)}"
 
 
-__all__ = ["TOKENIZER_FILES", "Check", "Reference", "VerifyReport", "verify_folder"]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+CONVERSATIONS: list[tuple[str, dict[str, Any], bool]] = [
+    (
+        "plain",
+        {
+            "messages": [
+                {"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "The capital of France is Paris."},
+            ]
+        },
+        False,
+    ),
+    (
+        "system+multi-turn",
+        {
+            "messages": [
+                {"role": "system", "content": "You answer in one short sentence."},
+                {"role": "user", "content": "Name a prime number."},
+                {"role": "assistant", "content": "Seven is prime."},
+                {"role": "user", "content": "And an even one?"},
+                {"role": "assistant", "content": "Two is the only even prime."},
+            ]
+        },
+        False,
+    ),
+    (
+        "thinking",
+        {
+            "messages": [
+                {"role": "user", "content": "What is 17 * 3?"},
+                {
+                    "role": "assistant",
+                    "reasoning_content": "17 * 3 = 51.",
+                    "content": "17 × 3 = 51.",
+                },
+            ]
+        },
+        True,
+    ),
+    (
+        "tools",
+        {
+            "tools": [WEATHER_TOOL],
+            "messages": [
+                {"role": "user", "content": "Is it raining in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {
+                                "name": "get_weather",
+                                "arguments": '{"city": "Paris", "unit": "c"}',
+                            },
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"rain": true, "temp_c": 14}'},
+                {"role": "assistant", "content": "Yes, it is raining in Paris (14 °C)."},
+            ],
+        },
+        False,
+    ),
+]

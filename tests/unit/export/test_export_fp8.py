@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from train.export.fp8 import plan_fp8, quantization_config, quantize_rows
-from train.export.tensors import InMemoryTensor
+from train.export.reading.tensors import InMemoryTensor
+from train.export.writing.formats import plan_fp8, quantization_config, quantize_rows
 
 
 def _plain_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,14 +46,14 @@ def test_row_chunks_quantize_like_the_whole_tensor():
 
 
 def _tensors(config: dict) -> dict:
-    from train.export.model_meta import model_layout
+    from train.export.reading.source import model_layout
 
     layout = model_layout(config)
     return {n: InMemoryTensor(torch.zeros(s)) for n, s in layout.tensors.items()}
 
 
 def _config(**kw) -> dict:
-    from train.export.fixtures import llama_config
+    from tests.export_fixtures import llama_config
 
     return llama_config(**kw).to_dict()
 
@@ -102,7 +102,7 @@ def test_quantization_config_is_the_fp8_dynamic_preset():
 
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
-    from train.export.fixtures import save_llama
+    from tests.export_fixtures import save_llama
 
     return save_llama(tmp_path_factory.mktemp("hf") / "model", dtype=torch.bfloat16)
 
@@ -111,7 +111,7 @@ def test_fp8_export_loads_in_transformers_and_matches_our_dequantization(hf_mode
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
     from train.export import export_checkpoint
-    from train.export.safetensors_io import read_safetensors_folder
+    from train.export.reading.tensors import read_safetensors_folder
 
     result = export_checkpoint(hf_model, tmp_path / "fp8", "fp8", progress=False)
     report = result.verify
@@ -138,8 +138,8 @@ def test_fp8_export_loads_in_transformers_and_matches_our_dequantization(hf_mode
 def test_fp8_refuses_non_finite_weights_and_leaves_nothing(tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from tests.export_fixtures import save_llama
     from train.export import export_checkpoint
-    from train.export.fixtures import save_llama
 
     src = save_llama(tmp_path / "nan", with_tokenizer=False)
     state = load_file(str(src / "model.safetensors"))

@@ -1,4 +1,8 @@
-"""Resolve what the user passed to ``export`` / ``verify --reference`` into one :class:`Source`.
+"""What an export reads: the user's input resolved to a :class:`Source`, the model layout its config
+implies, and its weights opened as lazy tensors.
+
+
+Resolve what the user passed to ``export`` / ``verify --reference`` into one :class:`Source`.
 
 Accepted (docs/architecture.md):
 
@@ -11,6 +15,17 @@ Accepted (docs/architecture.md):
 
 Completeness rules: a checkpoint inside a run must have ``hermes_state.json`` (the trainer writes it
 last); temporary names are refused; every rank's files must be present (checked when opened).
+
+What a model config says the weights must be: names, shapes, Linear layers (a meta-device model).
+
+Building the model on the ``meta`` device allocates nothing, so a 70B config is checked in
+milliseconds. Only architectures that ship with transformers are accepted (no remote code).
+
+Open a :class:`~train.export.reading.source.Source`'s weights as lazy tensors under Hugging Face names.
+
+For a full model the result is the model's tensors; for a LoRA source it is the base plus the adapter
+(and the merged view, built on demand). Every path checks names and shapes against the model config
+(a meta-device model) before any data is read, so a checkpoint from another config fails at once.
 """
 
 from __future__ import annotations
@@ -20,6 +35,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from train.export.reading.lora import LoraAdapter, merged_view, split_peft
+from train.export.reading.tensors import LazyTensor, MmapTensor, read_safetensors_folder
+from train.export.reading.zero3 import open_zero3
 
 _STATES_RE = re.compile(r"zero_pp_rank_\d+_mp_rank_\d+_(model|optim)_states\.pt$")
 _STEP_RE = re.compile(r"^step-\d+$")
@@ -231,3 +252,196 @@ def _base_dir(src: Source, explicit: str | Path | None) -> Path | None:
         if origin == "--base-model" and value is not None:
             raise ValueError(f"--base-model {value}: not a model folder with safetensors weights")
     return None
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    architecture: str
+    tensors: dict[str, tuple[int, ...]]
+    """Every tensor the saved model must hold (tied duplicates removed), in module order."""
+    linear_weights: list[str]
+    """``<module>.weight`` of every ``nn.Linear``."""
+    decoder_prefix: str
+    """Name prefix of the decoder blocks (``model.layers.``)."""
+
+
+def build_config(config_dict: dict):
+    from transformers import AutoConfig
+
+    model_type = config_dict.get("model_type")
+    if not model_type:
+        raise ValueError("the model config has no model_type; pass the model's config.json")
+    kwargs = {k: v for k, v in config_dict.items() if k != "model_type"}
+    try:
+        return AutoConfig.for_model(model_type, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"model_type {model_type!r} is not a transformers architecture: {err}") from err
+
+
+def model_layout(config_dict: dict) -> ModelLayout:
+    from transformers import AutoModelForCausalLM
+
+    config = build_config(config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    tensors: dict[str, tuple[int, ...]] = {}
+    for name, p in model.named_parameters():  # remove_duplicate=True drops tied aliases
+        tensors[name] = tuple(p.shape)
+    for name, b in model.named_buffers():
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if leaf not in module._non_persistent_buffers_set:
+            tensors[name] = tuple(b.shape)
+    linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    linears = [n for n in linears if n in tensors]
+    prefix = _decoder_prefix(list(tensors))
+    return ModelLayout(type(model).__name__, tensors, linears, prefix)
+
+
+def _decoder_prefix(names: list[str]) -> str:
+    for name in names:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                return ".".join(parts[:i]) + "."
+    return ""
+
+
+def shape_mismatches(
+    have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]], limit: int = 6
+) -> list[str]:
+    """Human-readable differences between two name → shape maps (empty when they agree)."""
+    out = []
+    for name in [n for n in want if n not in have][:limit]:
+        out.append(f"missing {name} {list(want[name])}")
+    for name in [n for n in have if n not in want][:limit]:
+        out.append(f"unexpected {name} {list(have[name])}")
+    for name in [n for n in want if n in have and tuple(have[n]) != tuple(want[n])][:limit]:
+        out.append(f"{name}: checkpoint {list(have[name])} vs config {list(want[name])}")
+    return out
+
+
+def check_weights_match(
+    have: dict[str, tuple[int, ...]], layout: ModelLayout, what: str, config_src: str
+) -> None:
+    diffs = shape_mismatches(have, layout.tensors)
+    if diffs:
+        raise ValueError(
+            f"{what} does not match the model config ({config_src}): "
+            + "; ".join(diffs)
+            + ". The checkpoint "
+            "comes from a different model config; pass the right one with --model-config"
+        )
+
+
+_WRAPPERS = ("module.", "_orig_mod.")
+
+
+@dataclass
+class Weights:
+    layout: ModelLayout
+    base: dict[str, LazyTensor]
+    """Full model tensors (HF names); for LoRA, the base model's."""
+    adapter: LoraAdapter | None = None
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    """The model config (Hugging Face dict) the layout was built from."""
+
+    def model(self) -> dict[str, LazyTensor]:
+        """The tensors of the model to export: the merged model for LoRA sources. In layout order."""
+        tensors = merged_view(self.base, self.adapter) if self.adapter else self.base
+        return {name: tensors[name] for name in self.layout.tensors}
+
+
+def _unwrap(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPERS:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name.replace("._orig_mod.", ".")
+
+
+def _shapes(tensors: dict[str, LazyTensor]) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(t.shape) for n, t in tensors.items()}
+
+
+def _restrict(tensors: dict[str, LazyTensor], layout: ModelLayout) -> dict[str, LazyTensor]:
+    """Drop tied aliases the layout does not save (``lm_head.weight`` of a tied model)."""
+    return {n: t for n, t in tensors.items() if n in layout.tensors}
+
+
+def open_weights(src: Source) -> Weights:
+    weights = _open(src)
+    weights.config = src.model_config
+    return weights
+
+
+def _open(src: Source) -> Weights:
+    layout = model_layout(src.model_config)
+    if src.kind == "zero3":
+        ckpt = open_zero3(src.ds_dir)
+        tensors = {_unwrap(n): t for n, t in ckpt.tensors.items()}
+        notes = [f"ZeRO-3 checkpoint, {ckpt.world_size} ranks, DeepSpeed {ckpt.ds_version}"]
+        if src.is_lora:
+            return _lora_weights(src, layout, tensors, adapter_file=False, notes=notes)
+        tensors = _restrict(tensors, layout)
+        check_weights_match(_shapes(tensors), layout, f"checkpoint {src.ds_dir}", src.config_origin)
+        return Weights(layout, tensors, notes=notes)
+    folder = src.hf_dir
+    assert folder is not None
+    if src.is_lora:
+        tensors = read_safetensors_folder(folder, stem="adapter_model")
+        return _lora_weights(src, layout, tensors, adapter_file=True, notes=[f"PEFT adapter folder {folder}"])
+    tensors = _restrict(_read_hf(folder), layout)
+    check_weights_match(_shapes(tensors), layout, f"model folder {folder}", src.config_origin)
+    return Weights(layout, tensors, notes=[f"Hugging Face folder {folder}"])
+
+
+def _lora_weights(
+    src: Source, layout: ModelLayout, tensors: dict[str, LazyTensor], adapter_file: bool, notes: list[str]
+) -> Weights:
+    assert src.adapter_config is not None
+    base, adapter = split_peft(tensors, src.adapter_config, adapter_file=adapter_file)
+    base = _restrict(base, layout)
+    if len(base) < len(layout.tensors):  # the base is not in the checkpoint (exclude_frozen_parameters)
+        if src.base_model_dir is None:
+            raise ValueError(
+                "the LoRA checkpoint does not contain the base weights and no base model was found; "
+                "pass --base-model PATH (the model folder the adapter was trained on)"
+            )
+        base = _restrict(_read_hf(src.base_model_dir), layout)
+        notes.append(f"base weights from {src.base_model_dir}")
+        what = f"base model {src.base_model_dir}"
+    else:
+        what = f"base weights in {src.ds_dir}"
+    check_weights_match(_shapes(base), layout, what, src.config_origin)
+    return Weights(layout, base, adapter, notes)
+
+
+def _read_hf(folder: Path) -> dict[str, LazyTensor]:
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return {_unwrap(n): t for n, t in read_safetensors_folder(folder).items()}
+    return _read_torch_bins(folder)
+
+
+def _read_torch_bins(folder: Path) -> dict[str, LazyTensor]:
+    """A ``pytorch_model.bin`` (or an index of them), memory-mapped, tensors only (``weights_only``)."""
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (folder / "pytorch_model.bin").is_file():
+        files = ["pytorch_model.bin"]
+    else:
+        raise ValueError(f"{folder}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json)")
+    out: dict[str, LazyTensor] = {}
+    for file in files:
+        try:
+            state = torch.load(str(folder / file), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise ValueError(f"{folder / file}: unreadable weights file ({err})") from err
+        for name, tensor in state.items():
+            if isinstance(tensor, torch.Tensor):
+                out[_unwrap(name)] = MmapTensor(tensor)
+    return out

@@ -1,6 +1,7 @@
-"""Measure the peak memory of one export in this process: ``python -m train.export.memprobe SRC OUT FMT ...``.
+"""Measure the peak memory of one export in this process: ``python bench/memprobe.py SRC OUT FMT ...``.
 
-Used by the streaming-memory test and the benchmark. Linux only: the peak (``VmHWM``) is reset through
+Used by the streaming-memory test (tests/integration/test_export_memory.py) and bench/bench_export.py,
+both of which run it as a script by path. Linux only: the peak (``VmHWM``) is reset through
 ``/proc/self/clear_refs`` after every import and a dry layout pass, so the number is the export's own
 growth above the process's resident set just before it — not the interpreter and library baseline.
 Prints one JSON line.
@@ -14,7 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from train.export.tensors import DEFAULT_CHUNK_BYTES
+from train.export.export import export_checkpoint
+from train.export.reading.source import model_layout, resolve_source
+from train.export.reading.tensors import DEFAULT_CHUNK_BYTES
 
 
 def _status_kb(field: str) -> int:
@@ -46,10 +49,6 @@ def main() -> None:
 
     for module in ("compressed_tensors.compressors", "compressed_tensors.quantization"):
         importlib.import_module(module)  # imports are part of the baseline, not of the export
-
-    from train.export.export import export_checkpoint
-    from train.export.model_meta import model_layout
-    from train.export.source import resolve_source
 
     model_layout(resolve_source(args.src).model_config)  # import the model classes before the baseline
     base = reset_peak()
