@@ -145,6 +145,12 @@ class MixtureConfig:
             raise ValueError(f"max_repeat must be at least 1, got {self.max_repeat}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        for src in self.sources:
+            if src.weight is not None and src.weight > self.max_repeat:
+                raise ValueError(
+                    f"source {src.label}: weight {src.weight:g} is over max_repeat: {self.max_repeat:g} "
+                    "(each kept sample that many times): lower it, or raise max_repeat if you mean it"
+                )
         labels = [s.label for s in self.sources]
         if len(set(labels)) != len(labels):
             dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -203,7 +209,15 @@ def sample_counts(
 
 
 def check_inputs(cfg: MixtureConfig, num_inputs: list[int]) -> None:
-    """Every source must have yielded rows: an empty file is an error naming it, not an empty dataset."""
+    """Checked right after reading, before any rendering: every source yielded rows (an empty file is
+    an error naming it, not an empty dataset), and no ``count`` is over ``max_repeat`` x its rows."""
+    for src, n in zip(cfg.sources, num_inputs, strict=True):
+        if src.count is not None and n and src.count > cfg.max_repeat * n:  # kept <= read: refuse now
+            raise ValueError(
+                f"source {src.label}: count: {src.count} asks for {src.count:,} samples from {n:,} rows "
+                f"({src.count / n:,.0f}x, over max_repeat: {cfg.max_repeat:g}): lower it, or raise "
+                "max_repeat if you mean it"
+            )
     empty = [src.label for src, n in zip(cfg.sources, num_inputs, strict=True) if n == 0]
     if empty:
         raise ValueError(

@@ -194,7 +194,10 @@ def owned_output(
     inputs = [Path(p).expanduser().resolve() for p in inputs]
     target = check_out(out, overwrite, command, inputs)
     with sigterm_raises():
-        staging = staging_dir(target)
+        try:
+            staging = staging_dir(target)
+        except OSError as err:  # read-only mount, no permission: name --out, not the staging name
+            raise type(err)(err.errno, err.strerror, str(target)) from err
         try:
             yield staging
             commit(staging, target, command, overwrite, inputs)

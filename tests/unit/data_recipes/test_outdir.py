@@ -121,3 +121,11 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
     assert proc.wait(timeout=30) != 0
     time.sleep(0.1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_is_reported_with_the_out_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "out"  # a parent that is a file: no folder can be made there
+    with pytest.raises(OSError) as err, owned_output(target, "data build", overwrite=False):
+        pass
+    assert err.value.filename == str(target) and err.value.errno in (errno.ENOTDIR, errno.EEXIST)

@@ -126,14 +126,22 @@ def test_message_without_content_is_a_drop_not_an_empty_turn(tmp_path):
 
 
 def test_count_far_over_the_source_is_refused_with_the_number(tmp_path):
+    """The fault probe: `count: 100000000` on a 60-row source wrote without bound (52 GB after 300 s)."""
     (tmp_path / "rows.jsonl").write_text(jsonl(ROWS))
     config = write_mix(tmp_path, "rows.jsonl")
-    with pytest.raises(ValueError, match=r"count: 100000000 asks for 100,000,000 samples from 30 kept"):
-        run_build(tmp_path, config, overrides=["sources.0.count=100000000"])
-    with pytest.raises(ValueError, match=r"weight: 5000 asks for 150,000 samples .*max_repeat: 1000"):
-        run_build(tmp_path, config, overrides=["sources.0.weight=5000"])
+    with pytest.raises(ValueError, match=r"count: 100000000 asks for 100,000,000 samples from 30 rows"):
+        run_build(tmp_path, config, overrides=["sources.0.count=100000000"])  # refused before rendering
+    with pytest.raises(ConfigError, match=r"weight 5000 is over max_repeat: 1000"):
+        load_mixture(config, ["sources.0.weight=5000"])  # refused at load (--check)
     manifest = run_build(tmp_path, config, overrides=["sources.0.weight=5000", "max_repeat=5000"])
     assert manifest["num_samples_out"] == 150_000  # the cap is configurable
+
+
+def test_count_over_the_kept_samples_is_refused_after_the_drops(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(jsonl([ROWS[0], *["{broken"] * 29]))
+    config = write_mix(tmp_path, "rows.jsonl")
+    with pytest.raises(ValueError, match=r"count: 2000 asks for 2,000 samples from 1 kept \(2,000x"):
+        run_build(tmp_path, config, overrides=["sources.0.count=2000"])
 
 
 def test_all_zero_weights_fail_instead_of_writing_an_empty_dataset(tmp_path):
