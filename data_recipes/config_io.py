@@ -46,23 +46,27 @@ def _check_finite(value: Any, where: str) -> Any:
     return value
 
 
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:  # `X | None`: X's own message (a Literal lists its values)
+        raise errors[0]
+    raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return _check_finite(value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        options = [a for a in args if a is not type(None)]
-        for arg in options:
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:  # `X | None`: X's own message (a Literal lists its values)
-            raise errors[0]
-        raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+        return _coerce_union(value, tp, where)
     if origin is typing.Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
