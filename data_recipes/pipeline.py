@@ -26,6 +26,7 @@ from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
 from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
+from data_recipes.sources import NOT_UTF8
 from data_recipes.tokenizer import load_tokenizer
 
 RECORD_COLUMNS = (
@@ -92,6 +93,8 @@ def prepare_row(
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
+        if raw.startswith(NOT_UTF8):
+            raise SampleError("invalid_utf8", raw.removeprefix(NOT_UTF8), origin)
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as err:

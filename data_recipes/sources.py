@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ CHUNK_CHARS = 1 << 20
 MAX_INDENT = 256  # longest line prefix kept across buffer refills (JSON arrays)
 BATCH_ROWS = 1024
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+# A row whose bytes are not UTF-8 is passed on as this marker + a description (a NUL never starts JSON
+# text), so the worker counts it as an ``invalid_utf8`` drop with its file:line like any bad row.
+NOT_UTF8 = "\x00not utf-8: "
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte, as errors="surrogateescape" reads it
 
 
 @dataclass(frozen=True)
@@ -110,10 +115,10 @@ def resolve(
 
 def _open_text(path: Path) -> IO[str]:
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="surrogateescape")
     if path.name.lower().endswith(".parquet"):
         return open(path, encoding="latin-1")  # only probed for readability
-    return open(path, encoding="utf-8")
+    return open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes: see NOT_UTF8
 
 
 def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
@@ -133,6 +138,8 @@ def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
     try:
         for origin, raw in readers[spec.kind](spec):
             last = origin
+            if bad := ESCAPED_BYTE.search(raw):  # only text files can hold them (read with surrogateescape)
+                raw = f"{NOT_UTF8}byte 0x{ord(bad.group()) - 0xDC00:02x} at char {bad.start()} is not UTF-8"
             yield origin, raw
     except (EOFError, OSError, UnicodeDecodeError, zlib.error) as err:
         after = f"after {last}" if last else "before its first row"

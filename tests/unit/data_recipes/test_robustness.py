@@ -71,6 +71,20 @@ def test_lone_surrogate_is_a_counted_drop_with_its_line(tmp_path):
     assert manifest["num_samples_kept"] == 29  # the valid surrogate pair (an emoji) is kept
 
 
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json", "rows.jsonl.gz"])
+def test_bytes_that_are_not_utf8_are_a_drop_of_that_row(tmp_path, name):
+    lines = [json.dumps(r).encode() for r in ROWS]
+    lines[3] = lines[3].replace(b"question 3", b"caf\xe9 3")  # Latin-1, not UTF-8
+    data = b"\n".join(lines) + b"\n" if name != "rows.json" else b"[\n" + b",\n".join(lines) + b"\n]\n"
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    manifest = run_build(tmp_path, write_mix(tmp_path, name))
+    assert manifest["dropped"] == {"invalid_utf8": 1}
+    assert manifest["drop_details"]["invalid_utf8"] == [
+        f"{name}:{4 if name != 'rows.json' else 5}: byte 0xe9 at char 46 is not UTF-8"
+    ]
+    assert manifest["num_samples_kept"] == 29
+
+
 def test_a_batch_the_tokenizer_rejects_is_retried_sample_by_sample(tokenizer):
     """The second guard: whatever text the batched tokenizer call rejects costs one sample, not the build."""
 
