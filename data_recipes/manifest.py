@@ -195,7 +195,10 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / "manifest.json"
     if not path.is_file():
         raise ValueError(f"{dataset_dir}: no manifest.json (not a folder written by `hermes-sft data build`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err}); rebuild the dataset") from err
 
 
 def tables(manifest: dict[str, Any]) -> list:

@@ -16,6 +16,7 @@ from data_recipes import build as build_module
 from data_recipes.build import build
 from data_recipes.config_io import ConfigError
 from data_recipes.messages import Conversation, Message, SampleError
+from data_recipes.manifest import read_manifest
 from data_recipes.mixture import load_mixture
 from data_recipes.outdir import MARKER, DiskFullError, OutputRefused
 from data_recipes.pipeline import render_guarded
@@ -258,3 +259,9 @@ def test_manifest_fingerprints_the_content_of_every_source(tmp_path):
         == 30
     )
     assert len(first["content_fingerprint"]) == len(first["per_source"]["rows.jsonl"]["content_hash"]) == 32
+
+
+def test_corrupt_manifest_names_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"num_rows":')
+    with pytest.raises(ValueError, match=r"manifest\.json: not a readable manifest .*rebuild the dataset"):
+        read_manifest(tmp_path)
