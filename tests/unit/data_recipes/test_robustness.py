@@ -15,8 +15,8 @@ import pytest
 from data_recipes import build as build_module
 from data_recipes.build import build
 from data_recipes.config_io import ConfigError
-from data_recipes.messages import Conversation, Message, SampleError
 from data_recipes.manifest import read_manifest
+from data_recipes.messages import Conversation, Message, SampleError
 from data_recipes.mixture import load_mixture
 from data_recipes.outdir import MARKER, DiskFullError, OutputRefused
 from data_recipes.pipeline import render_guarded
