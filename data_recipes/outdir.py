@@ -10,7 +10,7 @@ the same contract:
   raw sources, tokenizer, checkpoint);
 * the new content is written into a hidden staging folder next to ``--out`` (:func:`staging_dir`) and
   renamed into place by :func:`commit` only when complete; any failure, Ctrl-C or SIGTERM
-  (:func:`sigterm_raises`) removes the staging folder, so nothing half-written keeps the target's name.
+  (:func:`stop_signals_raise`) removes the staging folder, so nothing half-written keeps the target's name.
 
 A full disk becomes :class:`DiskFullError`: which device, how much the command needs (an estimate),
 and that the partial files were removed.
@@ -164,21 +164,44 @@ def commit(staging: Path, target: Path, command: str, overwrite: bool, inputs: I
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, so the same cleanup
-    as for Ctrl-C runs (``except BaseException`` / ``finally``). Outside the main thread: no-op."""
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` in the main
+    thread, so the same cleanup runs for both (``except BaseException`` / ``finally``).
+
+    Two details make that hold with worker pools (``datasets.map(num_proc=N)``): a forked worker that
+    inherited the handler dies at once with the default action (no traceback per worker), and when
+    library code replaces the exception on its way up (``datasets`` turns it into a ``TimeoutError``
+    in a ``finally``), the block still ends with ``Terminated`` / ``KeyboardInterrupt``. Outside the
+    main thread: no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    owner, received = os.getpid(), []
 
     def handle(signum, frame):
-        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+        if os.getpid() != owner:  # a forked worker: stop quietly, the owner cleans up
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        raise _stop_error(signum)
 
-    previous = signal.signal(signal.SIGTERM, handle)
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
+    except BaseException as err:
+        if received and not isinstance(err, Terminated | KeyboardInterrupt):
+            raise _stop_error(received[0]) from err
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_error(signum: int) -> BaseException:
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(f"stopped by {signal.Signals(signum).name}")
 
 
 @contextmanager
@@ -193,7 +216,7 @@ def owned_output(
     on success it becomes ``out`` (with the marker), on any failure or signal it is removed."""
     inputs = [Path(p).expanduser().resolve() for p in inputs]
     target = check_out(out, overwrite, command, inputs)
-    with sigterm_raises():
+    with stop_signals_raise():
         try:
             staging = staging_dir(target)
         except OSError as err:  # read-only mount, no permission: name --out, not the staging name
