@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from data_recipes.outdir import MARKER, DiskFullError, OutputRefused, check_out, owned_output
+from data_recipes.outdir import (
+    MARKER,
+    DiskFullError,
+    OutputRefused,
+    Terminated,
+    check_out,
+    owned_output,
+    stop_signals_raise,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -129,3 +137,15 @@ def test_unwritable_out_is_reported_with_the_out_path(tmp_path):
     with pytest.raises(OSError) as err, owned_output(target, "data build", overwrite=False):
         pass
     assert err.value.filename == str(target) and err.value.errno in (errno.ENOTDIR, errno.EEXIST)
+
+
+def test_a_stop_replaced_by_library_code_still_ends_as_the_stop():
+    """datasets.map(num_proc) turns the exception into a TimeoutError in a `finally`: still a stop."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match="stopped by SIGTERM"), stop_signals_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise TimeoutError  # what the library does
+    assert signal.getsignal(signal.SIGTERM) == before
