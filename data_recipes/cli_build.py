@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     cfg = load_mixture(args.config, args.overrides)
-    num_proc = args.num_proc or default_num_proc()
+    num_proc = default_num_proc() if args.num_proc is None else args.num_proc
     if num_proc < 1:
         raise ValueError(f"--num-proc must be at least 1, got {num_proc}")
     if num_proc > 1:

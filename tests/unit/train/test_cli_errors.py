@@ -129,3 +129,9 @@ def test_corrupt_safetensors_error_is_an_input_error():
 
     code, message = describe(SafetensorError("Error while deserializing header: HeaderTooLarge"))
     assert code == 2 and "corrupt or unreadable safetensors file" in message
+
+
+def test_num_proc_zero_is_refused_not_replaced_by_the_default(tmp_path, mixture, capsys):
+    config = mixture("rows.jsonl", (json.dumps(ROW) + "\n").encode())
+    code, err = run_cli(capsys, "data", "build", config, "--out", str(tmp_path / "o"), "--num-proc", "0")
+    assert code == 2 and "--num-proc must be at least 1, got 0" in error_line(err)
