@@ -42,13 +42,17 @@ class DiskFullError(OSError):
     def __init__(self, path: Path, need_bytes: int | None, what: str) -> None:
         device = mount_point(path)
         free = shutil.disk_usage(device).free if device.exists() else 0
-        need = f", needs ~{need_bytes / 1e9:.1f} GB (estimate)" if need_bytes else ""
+        need = f", needs ~{_size(need_bytes)} (estimate)" if need_bytes else ""
         super().__init__(
             errno.ENOSPC,
-            f"no space left on {device} while writing {what}{need}, {free / 1e9:.1f} GB free; "
+            f"no space left on {device} while writing {what}{need}, {_size(free)} free; "
             "the partial files were removed: free some space or choose another --out",
         )
         self.filename = str(path)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 class Terminated(BaseException):
