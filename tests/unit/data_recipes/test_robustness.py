@@ -235,7 +235,9 @@ def test_disk_full_during_the_build_removes_partial_files_and_says_how_much(tmp_
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(build_module, "write_split", full)  # the fault: ENOSPC while writing rows
-    with pytest.raises(DiskFullError, match=r"no space left on /\S* while writing --out .*needs ~\d+\.\d (GB|MB)"):
+    with pytest.raises(
+        DiskFullError, match=r"no space left on /\S* while writing --out .*needs ~\d+\.\d (GB|MB)"
+    ):
         run_build(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mix.yaml", "rows.jsonl"]
 
