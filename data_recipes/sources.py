@@ -124,9 +124,9 @@ def _open_text(path: Path) -> IO[str]:
 def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
     """``(origin, json_text)`` for every row of the source, in order.
 
-    A file that cannot be read to its end (a truncated ``.gz``, bytes that are not UTF-8, an I/O error)
-    raises ``ValueError`` naming the file and the last row read: the rows of a damaged file are never
-    silently cut short."""
+    A row whose bytes are not UTF-8 is passed on as :data:`NOT_UTF8` + a description (a counted drop).
+    A file that cannot be read to its end (a truncated or corrupt ``.gz``, an I/O error) raises
+    ``ValueError`` naming the file and the last row read: a damaged file is never silently cut short."""
     readers = {
         "jsonl": _iter_jsonl,
         "json": _iter_json,
