@@ -4,8 +4,9 @@ Every reader streams: JSONL line by line, a JSON array element by element (an in
 not ``json.load``), Parquet and ``datasets`` folders in record batches, the Hub with
 ``streaming=True``. Rows are passed on as JSON *text*, unparsed for JSONL, so that
 
-* a malformed line is not an exception here: the builder's workers fail to parse it and count it
-  (``malformed_json``) with its ``file:line``;
+* a malformed line (or array element: reading resumes at the next one) is not an exception here: the
+  builder's workers fail to parse it and count it (``malformed_json``) with its ``file:line``; so is a
+  line whose bytes are not UTF-8 (``invalid_utf8``);
 * heterogeneous rows (tool schemas, argument dicts of different shapes) are never forced into one
   Arrow struct type, which is how other pipelines null-pad or reject them.
 
