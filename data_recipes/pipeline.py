@@ -93,13 +93,7 @@ def prepare_row(
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
-        if raw.startswith(NOT_UTF8):
-            raise SampleError("invalid_utf8", raw.removeprefix(NOT_UTF8), origin)
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
-        check_encodable(raw, row, origin)
+        row = parse_row(raw, origin)
         if rules.format == "auto":
             fmt = detect_format(row, origin)
         _, conv = to_conversation(row, fmt, origin)
@@ -123,6 +117,19 @@ def prepare_row(
         except Exception as err:
             out.append(err)
     return fmt, out
+
+
+def parse_row(raw: str, origin: str) -> Any:
+    """A raw row's JSON, or a :class:`SampleError`: ``invalid_utf8`` (:data:`sources.NOT_UTF8`),
+    ``malformed_json``, ``unencodable_text`` (:func:`check_encodable`). ``render`` uses it too."""
+    if raw.startswith(NOT_UTF8):
+        raise SampleError("invalid_utf8", raw.removeprefix(NOT_UTF8), origin)
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+    check_encodable(raw, row, origin)
+    return row
 
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
