@@ -102,7 +102,12 @@ def require_training_samples(cfg: MixtureConfig, sel, samples) -> None:
     drops = "; ".join(
         f"{name}: {n} (first: {summary['drop_details'][name][0]})" for name, n in summary["dropped"].items()
     )
-    if kept:
+    if len(sel.validation):
+        why = (
+            f"all {len(sel.validation)} selected sample(s) went to validation "
+            f"(validation_fraction: {cfg.validation_fraction:g}); lower it or add data"
+        )
+    elif kept:
         why = f"{kept} sample(s) were kept, but the mixture selects none for training (weights / counts are zero?)"
     else:
         why = f"every one of the {len(sel.reason)} sample(s) was dropped ({drops})"

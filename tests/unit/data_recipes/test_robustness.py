@@ -168,6 +168,14 @@ def test_all_zero_weights_fail_instead_of_writing_an_empty_dataset(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_everything_in_validation_fails_naming_the_fraction(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(jsonl(ROWS[:2]))
+    with pytest.raises(
+        ValueError, match=r"all 2 selected sample\(s\) went to validation \(validation_fraction: 0\.9"
+    ):
+        run_build(tmp_path, write_mix(tmp_path, "rows.jsonl"), overrides=["validation_fraction=0.9"])
+
+
 def test_every_sample_dropped_fails_with_the_reasons(tmp_path):
     (tmp_path / "rows.jsonl").write_text(jsonl(["{broken", {"messages": []}]))
     with pytest.raises(ValueError, match=r"every one of the 2 sample\(s\) was dropped .*malformed_json: 1"):
