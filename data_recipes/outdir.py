@@ -39,14 +39,16 @@ class OutputRefused(ValueError):
 class DiskFullError(OSError):
     """No space left while writing an output; the partial files are already removed."""
 
-    def __init__(self, path: Path, need_bytes: int | None, what: str) -> None:
+    def __init__(
+        self, path: Path, need_bytes: int | None, what: str, hint: str = "choose another --out"
+    ) -> None:
         device = mount_point(path)
         free = shutil.disk_usage(device).free if device.exists() else 0
         need = f", needs ~{_size(need_bytes)} (estimate)" if need_bytes else ""
         super().__init__(
             errno.ENOSPC,
             f"no space left on {device} while writing {what}{need}, {_size(free)} free; "
-            "the partial files were removed: free some space or choose another --out",
+            f"the partial files were removed: free some space or {hint}",
         )
         self.filename = str(path)
 
