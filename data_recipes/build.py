@@ -141,6 +141,7 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
             "cut": datasets.Value("bool"),
             "digest_hi": datasets.Value("int64"),
             "digest_lo": datasets.Value("int64"),
+            "ignored": datasets.List(datasets.Value("string")),
         }
     )
     assert list(features) == list(RECORD_COLUMNS)

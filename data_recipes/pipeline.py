@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 from transformers import PreTrainedTokenizerBase
 
-from data_recipes.formats.detect import detect_format, to_conversation
+from data_recipes.formats.detect import detect_format, read_row
 from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
@@ -31,7 +31,7 @@ from data_recipes.tokenizer import load_tokenizer
 
 RECORD_COLUMNS = (
     "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "digest_hi", "digest_lo",
+    "length", "num_trained", "cut", "digest_hi", "digest_lo", "ignored",
 )  # fmt: skip
 
 
@@ -71,6 +71,7 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
         "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
+        "ignored": [],
     }  # fmt: skip
 
 
@@ -83,27 +84,29 @@ def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> 
         "source": source, "origin": sample.origin, "format": fmt, "error": "", "detail": "",
         "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
+        "ignored": [],
     }  # fmt: skip
 
 
 def prepare_row(
     source: int, origin: str, raw: str, ctx: WorkerContext, tokenizer: PreTrainedTokenizerBase
-) -> tuple[str, list[Prepared | SampleError | Exception]]:
-    """The row's format and one prepared conversation (or error) per sample it yields."""
+) -> tuple[str, tuple[str, ...], list[Prepared | SampleError | Exception]]:
+    """The row's format, its ignored columns and one prepared conversation (or error) per sample."""
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
         row = parse_row(raw, origin)
         if rules.format == "auto":
             fmt = detect_format(row, origin)
-        _, conv = to_conversation(row, fmt, origin)
+        read = read_row(row, fmt, origin)
+        conv = read.conversation
         convs = expand_history(conv) if ctx.history == "expand" else [conv]
     except SampleError as err:
-        return fmt, [err]
+        return fmt, (), [err]
     except (AssertionError, KeyboardInterrupt):
         raise
     except Exception as err:
-        return fmt, [err]
+        return fmt, (), [err]
     policy: Literal["last", "keep"] = "keep" if ctx.history == "keep" else "last"
     prepare = RECIPES[rules.recipe]
     out: list[Prepared | SampleError | Exception] = []
@@ -116,7 +119,7 @@ def prepare_row(
             raise
         except Exception as err:
             out.append(err)
-    return fmt, out
+    return fmt, read.ignored, out
 
 
 def parse_row(raw: str, origin: str) -> Any:
@@ -181,8 +184,11 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
     tokenizer = get_tokenizer(ctx.tokenizer)
     slots: list[dict[str, Any] | None] = []
     pending: dict[tuple[bool, str], list[tuple[int, int, str, Prepared]]] = {}
+    ignored_at: dict[int, list[str]] = {}
     for source, origin, raw in zip(batch["source"], batch["origin"], batch["raw"], strict=True):
-        fmt, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        fmt, ignored, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        if ignored:  # counted once per row, on its first record (whatever its fate)
+            ignored_at[len(slots)] = list(ignored)
         for item in items:
             if isinstance(item, Prepared):
                 key = (item.thinking, item.policy)
@@ -207,4 +213,6 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
             slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns))
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
+    for slot, names in ignored_at.items():
+        records[slot]["ignored"] = names
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}

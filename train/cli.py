@@ -20,7 +20,7 @@ from train.cli_errors import debug_requested, describe
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": (
         "data_recipes.cli_render",
-        "render OpenAI-format rows (JSONL, JSON, Parquet, datasets dir) to ids + labels on stdout",
+        "render rows of any format `data build` reads to ids + labels on stdout",
     ),
     "inspect": ("data_recipes.cli_inspect", "show a rendered sample with trained tokens highlighted"),
     "tokenizer": ("data_recipes.cli_tokenizer", "write the Hermes tokenizer + chat template to a folder"),
