@@ -32,7 +32,13 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="row format (default: auto, detected per row as `data build` does)",
     )
-    parser.add_argument("--thinking", action="store_true", help="use the deep-thinking system prompt")
+    parser.add_argument(
+        "--thinking",
+        "--enable-thinking",
+        dest="thinking",
+        action="store_true",
+        help="use the deep-thinking system prompt (the template's thinking / enable_thinking)",
+    )
     parser.add_argument(
         "--history",
         choices=HISTORY_POLICIES,

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from data_recipes.tag_placement import misplaced_tag
+
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
@@ -293,6 +295,21 @@ def _check_strings(conv: Conversation) -> None:
         )
 
 
+def _check_tags(conv: Conversation) -> None:
+    """Hermes tags only where the template writes them (``data_recipes/tag_placement.py``)."""
+    pieces = []
+    for i, m in enumerate(conv.messages):
+        pieces.append((m.content, "text", f"message {i}, {m.role} content"))
+        if m.reasoning:
+            pieces.append((m.reasoning, "reasoning", f"message {i}, reasoning"))
+        pieces += [(c.as_json(), "call", f"tool call {c.name!r} of message {i}") for c in m.tool_calls]
+    if conv.tools:
+        pieces.append((json.dumps(conv.tools, ensure_ascii=False), "tools", "the tool definitions"))
+    for text, slot, where in pieces:
+        if problem := misplaced_tag(text, slot, where):
+            raise SampleError("tag_out_of_place", problem, conv.origin)
+
+
 def validate(conv: Conversation) -> None:
     """Structural checks shared by every format and recipe. Raises :class:`SampleError`."""
     if not conv.messages:
@@ -325,6 +342,7 @@ def validate(conv: Conversation) -> None:
         else:
             pending = []
     _check_strings(conv)
+    _check_tags(conv)
 
 
 def to_template_messages(conv: Conversation) -> list[dict[str, Any]]:
