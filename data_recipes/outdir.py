@@ -148,9 +148,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_marker(folder: Path, command: str) -> None:
-    """Record that ``command`` wrote ``folder`` and which top-level entries are its own."""
-    entries = sorted(e.name for e in folder.iterdir() if e.name != MARKER)
+def write_marker(folder: Path, command: str, entries: Iterable[str] | None = None) -> None:
+    """Record that ``command`` wrote ``folder`` and which top-level entries are its own (default: all
+    there now; a command that fills the folder over minutes names them up front)."""
+    if entries is None:
+        entries = (e.name for e in folder.iterdir() if e.name != MARKER)
+    entries = sorted(entries)
     text = json.dumps({"tool": "hermes-sft", "command": command, "entries": entries}, indent=2)
     (folder / MARKER).write_text(text + "\n", encoding="utf-8")
 
