@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from data_recipes.formats.detect import FORMAT_NAMES, read_row
-from data_recipes.messages import SampleError, load_json
+from data_recipes.messages import SampleError
+from data_recipes.pipeline import parse_row
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
 from data_recipes.sources import iter_rows, resolve
 from data_recipes.tokenizer import load_tokenizer
@@ -66,7 +67,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleEr
     a datasets folder); a malformed row yields a SampleError instead of a row."""
     for origin, text in iter_rows(resolve(str(path))):
         try:
-            row = load_json(text, "malformed_json", "the row", origin)
+            row = parse_row(text, origin)  # the builder's checks: JSON, UTF-8, encodable text
         except SampleError as err:
             yield origin, err
             continue

@@ -234,6 +234,8 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     if role not in ROLES:
         raise SampleError("unknown_role", f"role {role!r} (expected one of {', '.join(ROLES)})", origin)
     content = _text(raw.get("content"), f"{role} content", origin)
+    if raw.get("content") is None and role in ("user", "tool"):  # a drop, never an empty turn
+        raise SampleError("missing_content", f"a {role} message without 'content'", origin)
     if role != "assistant":
         return Message(role=role, content=content, tool_call_id=raw.get("tool_call_id"), name=raw.get("name"))
     field_reasoning = next((raw[k] for k in REASONING_FIELDS if raw.get(k) is not None), None)
