@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_recipes.outdir import DiskFullError
 from train import checksums
 from train.distributed import all_gather_objects
 from train.fileio import fsync_dir, write_json
@@ -241,7 +242,7 @@ def save_checkpoint(
     """Write ``step-N`` atomically on all ranks (collective). ``files`` maps file name → JSON object
     (written by rank 0); ``write_extra(tmp_dir)`` runs on every rank (e.g. the gathered LoRA adapter).
     Every file is hashed into ``hermes_state.json`` (each rank hashes a share).
-    A full disk raises :class:`DiskFull` after removing the partial folder."""
+    A full disk raises :class:`DiskFullError` after removing the partial folder."""
     root = run_dir / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -298,21 +299,10 @@ def _publish(tmp: Path, final: Path, root: Path, state: dict[str, Any], keep_las
     prune(root.parent, keep_last)
 
 
-class DiskFull(RuntimeError):
-    """A checkpoint did not fit on its file system (the partial folder is already removed)."""
-
-
-def _mount_point(path: Path) -> Path:
-    path = path.resolve()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _disk_full_or(err: Exception, tmp: Path, root: Path, run_dir: Path, rank: int) -> Exception:
-    """``err`` as :class:`DiskFull` when the file system is out of space (ENOSPC anywhere in the chain, or
-    less free space than a checkpoint needs: DeepSpeed's C++ writer only says ``iostream error``);
-    otherwise ``err`` itself. The partial folder is removed in both cases (rank 0)."""
+    """``err`` as :class:`DiskFullError` when the file system is out of space (ENOSPC anywhere in the
+    chain, or less free space than the last checkpoint took: DeepSpeed's C++ writer only says ``iostream
+    error``); otherwise ``err`` itself. The partial folder is removed in both cases (rank 0)."""
     needed = max((_folder_bytes(p) for _, p in complete_checkpoints(run_dir)), default=0)
     needed = max(needed, _folder_bytes(tmp) if tmp.exists() else 0)
     free = shutil.disk_usage(root).free if root.exists() else 0
@@ -324,15 +314,8 @@ def _disk_full_or(err: Exception, tmp: Path, root: Path, run_dir: Path, rank: in
         shutil.rmtree(tmp, ignore_errors=True)
     if not (enospc or free < needed):
         return err
-    return DiskFull(
-        f"no space left on {_mount_point(root)} while saving a checkpoint, needs ~{_gb(needed)} GB "
-        f"(free: {_gb(free)} GB); the partial {tmp.name} was removed, the previous checkpoint is intact. "
-        "Free space (or lower checkpoint.keep_last) and resume with checkpoint.resume=auto"
-    )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f}" if n >= 1e8 else f"{n / 1e9:.3f}"
+    hint = "lower checkpoint.keep_last; the previous checkpoint is intact: resume with checkpoint.resume=auto"
+    return DiskFullError(tmp, needed, f"checkpoint {tmp.name}", hint=hint)
 
 
 def _folder_bytes(folder: Path) -> int:

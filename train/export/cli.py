@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from data_recipes.outdir import stop_signals_raise
 from train.export.export import FORMATS, export_checkpoint
 from train.export.verify import verify_folder
 
@@ -64,19 +65,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    result = export_checkpoint(
-        args.source,
-        args.out,
-        args.format,
-        merge_lora=args.merge_lora,
-        overwrite=args.overwrite,
-        max_shard_size=args.max_shard_size,
-        verify=not args.no_verify,
-        base_model=args.base_model,
-        model_config=args.model_config,
-        fp8_ignore=args.fp8_ignore,
-        progress=not args.quiet,
-    )
+    # SIGTERM (a job's time limit, `kill`) raises like Ctrl-C does, so the hidden temporary folder is removed.
+    with stop_signals_raise():
+        result = export_checkpoint(
+            args.source,
+            args.out,
+            args.format,
+            merge_lora=args.merge_lora,
+            overwrite=args.overwrite,
+            max_shard_size=args.max_shard_size,
+            verify=not args.no_verify,
+            base_model=args.base_model,
+            model_config=args.model_config,
+            fp8_ignore=args.fp8_ignore,
+            progress=not args.quiet,
+        )
     if result.verify is not None:
         print(result.verify.table(), file=sys.stderr)
     print(result.summary(), file=sys.stderr)

@@ -103,3 +103,25 @@ def test_weights_fingerprint_tells_same_shaped_models_apart(tmp_path):
     b = save_llama(tmp_path / "b", seed=1, with_tokenizer=False)
     copy = shutil.copytree(a, tmp_path / "copy")
     assert weights_fingerprint(a) == weights_fingerprint(copy) != weights_fingerprint(b)
+
+
+def test_sigterm_removes_the_hidden_temporary_folder(tmp_path):
+    """As Ctrl-C does: the export in flight (here: verifying, a few seconds) ends with 143, nothing left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = save_llama(tmp_path / "hf", dtype=torch.bfloat16)
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, "-m", "train.cli", "export", str(src), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".out.tmp-*")), "the export never started writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()
+    assert "stopped by SIGTERM; partial output was removed" in proc.stderr.read()
+    assert not list(tmp_path.glob(".out.*")) and not out.exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from data_recipes.outdir import DiskFullError
 from train import checkpoint as ck
 from train.data import content_fingerprint
 
@@ -94,7 +95,11 @@ def test_content_fingerprint_follows_rows_not_locations():
 def test_disk_full_during_a_save_says_so_and_removes_the_partial_folder(tmp_path, monkeypatch):
     save(tmp_path, 1)
     monkeypatch.setenv(ck.FAULT_ENOSPC_ENV, "2")
-    with pytest.raises(ck.DiskFull, match=r"^no space left on /\S*.*, needs ~0\.000 GB") as info:
+    with pytest.raises(
+        DiskFullError,
+        match=r"^\[Errno 28\] no space left on /\S* while writing checkpoint \.tmp-step-00000002, needs ~0\.0 MB",
+    ) as info:
         save(tmp_path, 2)
+    assert "the partial files were removed: free some space or lower checkpoint.keep_last" in str(info.value)
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]

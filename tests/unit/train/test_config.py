@@ -148,3 +148,18 @@ def test_check_prints_output_dir_for_the_slurm_script():
     text = settings_text(cfg, "configs/llama-3.1-70b-full.yaml", 128)
     assert "output_dir = /shared/runs/llama-3.1-70b-hermes4" in text.splitlines()
     assert "grad_accum = 3 (world size 128)" in text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=nan", "optim.lr: nan is not a finite number"),
+        ("optim.betas=[0.9, .inf]", "optim.betas[1]: inf is not a finite number"),
+        ("distributed.timeout_minutes=0", "distributed.timeout_minutes=0: must be at least 1"),
+    ],
+)
+def test_check_refuses_non_finite_numbers_and_a_zero_timeout(override, message, capsys):
+    from train.cli import main
+
+    assert main(["train", "configs/tiny-cpu.yaml", override, "--check"]) == 2
+    assert message in capsys.readouterr().err
