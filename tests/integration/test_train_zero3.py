@@ -327,3 +327,27 @@ class _Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.path}",))
+
+
+def test_a_second_run_on_a_live_runs_output_dir_is_refused(tmp_path, sample_dataset, launcher):
+    from train.run_lock import RunLock
+
+    run = tmp_path / "run"
+    live = RunLock(run)
+    live.acquire()  # this test process plays the live run
+    try:
+        cmd = launcher.cmd(f"output_dir={run}", f"data.path={sample_dataset}", nproc=1)
+        out = subprocess.run(
+            cmd,
+            cwd=launcher.repo,
+            env=launcher.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        live.release()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"output_dir {run} is in use by a live run (pid {os.getpid()} on" in out.stderr
+    assert not (run / "run.yaml").exists() and not (run / "checkpoints").exists()
