@@ -155,6 +155,12 @@ def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any]
             f"{expected['world_size']}; resume with the same number of GPUs (or export the checkpoint and "
             "start a new run from it with model.path)"
         )
+    recorded, base = (state.get("lora") or {}).get("base_fingerprint"), expected.get("base")
+    if recorded and base and checksums.weights_fingerprint(Path(base)) != recorded:
+        raise ValueError(
+            f"{ckpt}: its LoRA adapter was trained on a base with weights fingerprint {recorded}, but "
+            f"model.path={base} holds other weights; resume with that base, or use a new output_dir"
+        )
     theirs, ours = state.get("dataset", {}), expected["dataset"]
     # A key the checkpoint does not record (written by an older version) is not a difference.
     changed = [k for k in DATASET_KEYS if k in theirs and theirs.get(k) != ours.get(k)]

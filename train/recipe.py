@@ -163,6 +163,7 @@ class SFTRecipe:
     def _resolve_resume(self) -> Path | None:
         """Rank 0 decides (guarding the output dir against other runs); every rank gets the answer."""
         expected = dict(model_fingerprint=self.fingerprint, world_size=self.world, dataset=self.dataset_id)
+        expected["base"] = self.cfg.model.path if self.cfg.lora.enabled else None  # the adapter's base
 
         def decide() -> Path | None:
             taken_over = self.lock.acquire()  # one live run per output_dir; held until this process ends
@@ -398,7 +399,9 @@ class SFTRecipe:
             rank=self.rank,
             keep_last=self.cfg.checkpoint.keep_last,
             exclude_frozen=self._exclude_frozen(),
-            write_extra=self._write_adapter if self.peft_model is not None else None,
+            write_extra=(lambda d: write_adapter(self.peft_model, d, self.rank))
+            if self.peft_model is not None
+            else None,
             barrier=dist.barrier,
         )
         self._saved_step = step
@@ -407,9 +410,6 @@ class SFTRecipe:
 
     def _exclude_frozen(self) -> bool:
         return self.cfg.lora.enabled and not self.cfg.lora.save_frozen
-
-    def _write_adapter(self, folder: Path) -> None:
-        write_adapter(self.peft_model, folder, self.rank)
 
     def _state(self) -> dict[str, Any]:
         """hermes_state.json: the progress counters plus what a resume checks and export reads."""

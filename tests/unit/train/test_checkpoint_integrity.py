@@ -103,3 +103,18 @@ def test_disk_full_during_a_save_says_so_and_removes_the_partial_folder(tmp_path
     assert "the partial files were removed: free some space or lower checkpoint.keep_last" in str(info.value)
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]
+
+
+def test_a_lora_resume_on_another_base_is_refused(tmp_path):
+    from tests.export_fixtures import save_llama
+    from train.checksums import weights_fingerprint
+
+    base = save_llama(tmp_path / "base", seed=0, with_tokenizer=False)
+    other = save_llama(tmp_path / "other", seed=1, with_tokenizer=False)  # same shapes, other weights
+    state = STATE | {"lora": {"r": 8, "base_fingerprint": weights_fingerprint(base)}}
+    expected = {"model_fingerprint": "m", "world_size": 1, "dataset": {"content_fingerprint": "d"}}
+    ck.check_compatible(state, tmp_path, expected | {"base": str(base)}, explicit=False)
+    with pytest.raises(
+        ValueError, match=r"trained on a base with weights fingerprint .* holds other weights"
+    ):
+        ck.check_compatible(state, tmp_path, expected | {"base": str(other)}, explicit=True)
