@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data_recipes.outdir import pid_alive
+
 LOCK_FILE = ".hermes-sft.lock"
 
 
@@ -41,21 +43,11 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}{job}, started {holder.get('started_at')}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(holder: dict[str, Any], me: dict[str, Any]) -> bool:
     """Without flock: is the recorded holder certainly gone?"""
     if holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]:
         return True  # the same job id again: SLURM requeued it, the earlier incarnation is dead
-    return holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid") or 0))
+    return holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid") or 0))
 
 
 class RunLock:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from data_recipes.outdir import pid_alive
 from data_recipes.tokenizer import (
     BOS_ID,
     END_OF_TEXT_ID,
@@ -75,18 +76,8 @@ def _clean_stale(out: Path) -> None:
     """Remove temporary folders of earlier exports to ``out`` whose process is gone."""
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager
