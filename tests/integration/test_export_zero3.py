@@ -229,13 +229,18 @@ def test_output_folder_must_be_empty_unless_overwrite(full_run, tmp_path, capsys
     out.mkdir()
     (out / "keep.txt").write_text("x")
     assert cli_main(["export", str(full_run), "--out", str(out), "--no-verify", "--quiet"]) == 2
-    assert "not empty; pass --overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert "not empty: pass --overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
     args = ["export", str(full_run), "--out", str(out), "--no-verify", "--quiet", "--overwrite", "--json"]
-    assert cli_main(args) == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert cli_main(args) == 2  # --overwrite never deletes a folder hermes-sft did not write
+    assert "was not written by hermes-sft" in capsys.readouterr().err and (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert cli_main(args[:-2]) == 0  # into the now empty folder
+    capsys.readouterr()
+    assert cli_main(args) == 0  # an earlier export's folder: replaced
+    assert (out / "config.json").exists()
     result = json.loads(capsys.readouterr().out)
     assert result["out_dir"] == str(out.resolve()) and result["format"] == "bf16" and result["verify"] is None
-    with pytest.raises(ValueError, match="would replace the source"):
+    with pytest.raises(ValueError, match="holds this command's input"):
         export_checkpoint(full_run, _step(full_run).parent, overwrite=True, verify=False, progress=False)
 
 

@@ -133,7 +133,7 @@ def export_checkpoint(
         if fmt == "fp8":
             job.plan = plan_fp8(source.model_config, job.tensors, list(fp8_ignore))
     try:
-        with atomic_output_dir(out, overwrite) as tmp:
+        with atomic_output_dir(out, overwrite, protect) as tmp:
             result = _export_into(tmp, job, verify)
     except OSError as err:  # a full disk, a file-size limit, a vanished folder
         raise ValueError(f"writing {out} failed ({err}); nothing was left at {out}") from err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_recipes.outdir import MARKER
 from tests.export_fixtures import llama_config, save_llama
 from train.checksums import FOLDER_FILE
 from train.export.export import export_checkpoint
@@ -40,7 +41,10 @@ def exported(tmp_path_factory) -> Path:
 
 def test_every_exported_file_is_in_checksums(exported):
     recorded = json.loads((exported / FOLDER_FILE).read_text())
-    on_disk = sorted(p.name for p in exported.iterdir() if p.name != FOLDER_FILE)
+    on_disk = sorted(p.name for p in exported.iterdir() if p.name not in (FOLDER_FILE, MARKER))
+    assert (
+        exported / MARKER
+    ).is_file()  # the ownership marker, written when the folder is renamed into place
     assert sorted(recorded["files"]) == on_disk and "model-00001-of-00001.safetensors" in on_disk
     assert recorded["algorithm"] == "xxh3_128"
 

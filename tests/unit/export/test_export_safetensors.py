@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_recipes.outdir import MARKER
 from train.export.reading.tensors import (
     InMemoryTensor,
     MmapTensor,
@@ -128,19 +129,28 @@ def test_atomic_dir_success_and_failure(tmp_path):
     with atomic_output_dir(out) as tmp:
         (tmp / "a").write_text("1")
     assert (out / "a").read_text() == "1" and len(list(tmp_path.iterdir())) == 1
+    assert json.loads((out / MARKER).read_text())["command"] == "export"  # ours, for a later --overwrite
 
 
-def test_existing_output_needs_overwrite(tmp_path):
+def test_existing_output_needs_overwrite_and_must_be_ours(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     check_target(out, overwrite=False)  # empty is fine
     (out / "old").write_text("x")
-    with pytest.raises(ValueError, match="not empty; pass --overwrite"):
+    with pytest.raises(ValueError, match="exists and is not empty: pass --overwrite"):
         check_target(out, overwrite=False)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with pytest.raises(ValueError, match="was not written by hermes-sft"):  # the user's folder: never removed
+        check_target(out, overwrite=True)
+    (out / "old").unlink()
+    with atomic_output_dir(out) as tmp:
+        (tmp / "first").write_text("y")
+    with atomic_output_dir(out, overwrite=True) as tmp:  # an earlier export's folder: replaced
         (tmp / "new").write_text("y")
-    assert sorted(p.name for p in out.iterdir()) == ["new"]
-    with pytest.raises(ValueError, match="would replace the source"):
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files hermes-sft did not write \(notes.txt\)"):
+        check_target(out, overwrite=True)
+    with pytest.raises(ValueError, match="holds this command's input"):
         check_target(tmp_path, overwrite=True, protect=[out])
 
 

@@ -5,9 +5,11 @@ Output folders that are either complete or absent, and the streamed tensor-writi
 
 :func:`atomic_output_dir` hands out a hidden temporary folder next to the target
 (``.NAME.tmp-PID``); only when everything inside was written (and fsynced) is it renamed to the
-target. Any failure — a full disk, a bad layer, Ctrl-C — removes the temporary folder, so no
-half-written folder ever carries the target's name. An existing non-empty target is refused unless
-``overwrite`` (then it is replaced only after the new folder is complete).
+target. Any failure — a full disk, a bad layer, Ctrl-C, SIGTERM — removes the temporary folder, so no
+half-written folder ever carries the target's name. The target follows ``data_recipes.outdir``'s
+contract: an existing non-empty one is refused unless ``overwrite``, and even then only a folder an earlier
+export wrote (``.hermes-sft-owner.json`` lists its entries; a file the user added makes it theirs) is
+replaced, only after the new folder is complete, and never one holding the source.
 
 :func:`write_outputs` plans the shards for a list of :class:`Output` s, checks the free space, then
 runs each output's producer, which pushes row chunks into the :class:`ShardedWriter`.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from data_recipes.outdir import pid_alive
+from data_recipes.outdir import check_out, commit, staging_dir
 from data_recipes.tokenizer import (
     BOS_ID,
     END_OF_TEXT_ID,
@@ -59,46 +60,27 @@ class Output:
     label: str = ""
 
 
-def check_target(out: Path, overwrite: bool, protect: list[Path] = ()) -> None:
-    out = out.resolve()
-    for p in protect:
-        p = p.resolve()
-        if p == out or p.is_relative_to(out):
-            raise ValueError(f"--out {out} would replace the source {p}; choose another output folder")
-    if out.exists():
-        if not out.is_dir():
-            raise ValueError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise ValueError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+COMMAND = "export"
+"""The command name recorded in an export's ownership marker."""
 
 
-def _clean_stale(out: Path) -> None:
-    """Remove temporary folders of earlier exports to ``out`` whose process is gone."""
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+def check_target(out: Path, overwrite: bool, protect: list[Path] = ()) -> Path:
+    """``--out`` per ``data_recipes.outdir.check_out``: absent or empty, or with ``overwrite`` a folder an
+    earlier export wrote (its marker lists every entry); never one holding the source. Deletes nothing."""
+    return check_out(out, overwrite, COMMAND, protect)
 
 
 @contextmanager
-def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    out = Path(out).resolve()
-    check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+def atomic_output_dir(
+    out: str | os.PathLike, overwrite: bool = False, protect: list[Path] = ()
+) -> Iterator[Path]:
+    target = check_target(Path(out), overwrite, protect)
+    tmp = staging_dir(target)  # also removes staging folders of dead exports to the same target
     try:
         yield tmp
         fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-        fsync_dir(out.parent)
+        commit(tmp, target, COMMAND, overwrite, protect)  # marks it ours; the old folder goes only now
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
