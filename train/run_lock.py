@@ -96,5 +96,6 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a run that ended normally leaves no holder to report
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None

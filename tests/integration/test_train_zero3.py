@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -287,11 +288,10 @@ def test_corrupt_shard_falls_back_and_a_full_disk_is_reported(
     assert "falling back to the previous complete checkpoint" in text
     assert "resumed from" in text and "step-00000003 at step 3" in text
     assert {s: losses(run)[s] for s in (4, 5, 6)} == {s: losses(trained_run)[s] for s in (4, 5, 6)}
-    assert (
-        "no space left on " in text
-        and ", needs ~" in text
-        and "the partial .tmp-step-00000006 was removed" in text
+    assert re.search(
+        r"error: no space left on /\S* while writing checkpoint \.tmp-step-00000006, needs ~", text
     )
+    assert "the partial files were removed" in text and "Traceback" not in text  # one line per rank
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "latest",
         "step-00000003",
