@@ -94,6 +94,12 @@ def build_ds_config(
         )
     if ds.get("fp16", {}).get("enabled") not in (None, False):
         raise ValueError("DeepSpeed config: fp16 is not supported (no loss scaling here); use bf16")
+    if ds.get("checkpoint", {}).get("load_universal"):
+        # DeepSpeed reads universal checkpoints with torch.load(weights_only=False), outside the engine's
+        # checkpoint_engine that train/safe_load.py guards: resume would execute what the files say.
+        raise ValueError(
+            "DeepSpeed config: checkpoint.load_universal is not supported (its loader runs pickles)"
+        )
     optim = cfg.optim
     torch_adam = optim.torch_adam if optim.torch_adam is not None else not offloads_optimizer(ds)
     values: dict[str, Any] = {

@@ -100,6 +100,9 @@ def test_ds_template_disagreeing_with_the_train_config_is_refused(tmp_path):
         build_ds_config(stage2, cfg, batch_layout(cfg.batch, 2), 64, bf16=False)
     with pytest.raises(ValueError, match="no such template"):
         load_template("zero4")
+    universal = load_template("zero3") | {"checkpoint": {"load_universal": True}}
+    with pytest.raises(ValueError, match="load_universal is not supported \\(its loader runs pickles\\)"):
+        build_ds_config(universal, cfg, batch_layout(cfg.batch, 2), 64, bf16=False)
 
 
 def test_overrides_unknown_and_missing_keys(tmp_path):
