@@ -98,8 +98,14 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
         ),
     ]
     if world_size:
-        layout = batch_layout(cfg.batch, world_size)
-        rows.append(("grad_accum", f"{layout.grad_accum} (world size {world_size})"))
+        layout = batch_layout(cfg.batch, world_size, cfg.distributed.sequence_parallel)
+        rows.append(
+            (
+                "grad_accum",
+                f"{layout.grad_accum} (world size {world_size}, data-parallel {layout.data_parallel}, "
+                f"sequence-parallel {layout.sequence_parallel})",
+            )
+        )
     rows += [
         (
             "schedule",

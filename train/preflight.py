@@ -23,7 +23,7 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
     problems: list[str] = []
     host = socket.gethostname()
     try:
-        batch_layout(cfg.batch, world)
+        batch_layout(cfg.batch, world, cfg.distributed.sequence_parallel)
         load_template(cfg.distributed.deepspeed, Path(config_path).resolve().parent)
     except ValueError as err:
         problems.append(str(err))

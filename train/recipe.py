@@ -25,9 +25,10 @@ from data_recipes.tokenizer import load_tokenizer, save_tokenizer, template_fing
 from train import checkpoint as ckpt
 from train import data as data_mod
 from train import runtime
+from train import sequence_parallel as sp_mod
 from train.config import TrainConfig, batch_layout, config_as_dict
 from train.ds_config import build_ds_config, load_template
-from train.loss import backward_scale, micro_ce_sum
+from train.loss import backward_scale, micro_objective
 from train.metrics import FlopModel, MetricsWriter, device_peak_tflops, format_summary, plot_loss
 from train.model import (
     apply_lora,
@@ -65,6 +66,7 @@ class SFTRecipe:
         self.run_dir = Path(cfg.output_dir).resolve()
         self.step = self.rows_consumed = self.tokens_seen = self.trained_seen = 0
         self.resumed_from: Path | None = None
+        self.sp: sp_mod.SPGroup | None = None  # this rank's sequence-parallel group (None = SP off)
         self.last_checkpoint: Path | None = None
         self.metrics: MetricsWriter | None = None
         self.eval_loss: float | None = None
@@ -117,10 +119,14 @@ class SFTRecipe:
             dist_backend=backend, timeout=timedelta(minutes=self.cfg.distributed.timeout_minutes)
         )
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.layout = batch_layout(self.cfg.batch, self.world)
+        n_sp = self.cfg.distributed.sequence_parallel
+        self.layout = batch_layout(self.cfg.batch, self.world, n_sp)
+        self.sp = sp_mod.init_groups(n_sp, self.world, self.rank) if n_sp > 1 else None
         self._info(
             f"{self.world} rank(s), backend {backend}, global batch {self.layout.global_batch_size} = micro "
-            f"{self.layout.micro_batch_size} x accumulation {self.layout.grad_accum} x {self.world} ranks"
+            f"{self.layout.micro_batch_size} x accumulation {self.layout.grad_accum} x "
+            f"{self.layout.data_parallel} data-parallel ranks"
+            + (f" (each micro-batch split over {n_sp} sequence-parallel ranks)" if n_sp > 1 else "")
         )
 
     def _setup_data(self) -> None:
@@ -185,7 +191,12 @@ class SFTRecipe:
         from transformers.integrations import HfDeepSpeedConfig
 
         cfg = self.cfg
-        dtype, attn = resolve_dtype(cfg.model, self.on_gpu), resolve_attn(cfg.model, self.on_gpu)
+        dtype = resolve_dtype(cfg.model, self.on_gpu)
+        attn, warning = resolve_attn(cfg.model, self.on_gpu, self.manifest.get("max_seq_len"))
+        if warning:
+            self._info(f"WARNING: {warning}")
+        if self.sp is not None:
+            attn = sp_mod.register_ulysses(self.hf_config, attn, self.sp)
         template = load_template(cfg.distributed.deepspeed, self.config_dir)
         bf16 = dtype == torch.bfloat16
         self.ds_config = build_ds_config(template, cfg, self.layout, self.hf_config.hidden_size, bf16)
@@ -295,9 +306,13 @@ class SFTRecipe:
         rows = self.stream.rows(self.rows_consumed, self.layout.global_batch_size)
         vocab = self.hf_config.vocab_size
         return [
-            data_mod.collate(self.train_ds, r, vocab)
+            self._local(data_mod.collate(self.train_ds, r, vocab))
             for r in data_mod.rank_slices(rows, self.layout, self.rank)
         ]
+
+    def _local(self, mb: data_mod.MicroBatch) -> data_mod.MicroBatch:
+        """This rank's slice of a micro-batch under sequence parallelism (else the micro-batch)."""
+        return mb if self.sp is None else sp_mod.shard_micro_batch(mb, self.sp)
 
     def train_step(self, micro_batches: list[data_mod.MicroBatch]) -> StepStats:
         """One optimizer step: forward/backward over this rank's micro-batches, then check and update."""
@@ -311,10 +326,10 @@ class SFTRecipe:
         scale = backward_scale(self.world, global_trained)
         ce_total, bad_rows = 0.0, []
         for i, mb in enumerate(micro_batches):
-            ce_sum = micro_ce_sum(self.engine, mb, self.device)
+            objective, ce_sum = micro_objective(self.engine, mb, self.device, self.cfg.loss.tile_tokens, scale)
             if not torch.isfinite(ce_sum):
                 bad_rows += mb.row_ids
-            self.engine.backward(ce_sum * scale, scale_wrt_gas=False)
+            self.engine.backward(objective, scale_wrt_gas=False)
             ce_total += float(ce_sum.detach())
             if i < len(micro_batches) - 1:
                 self.engine.step()  # DeepSpeed counts micro-steps; only the boundary step updates
@@ -331,7 +346,7 @@ class SFTRecipe:
             lr=self.engine.get_lr()[0],
             tokens=int(totals[1]),
             trained_tokens=global_trained,
-            sum_sq_lengths=int(totals[2]),
+            sum_sq_lengths=int(totals[2]) // self.layout.sequence_parallel,  # an SP group shares its rows
             stop=bool(totals[4]),
         )
 
@@ -403,8 +418,8 @@ class SFTRecipe:
         for rows, weight in data_mod.eval_slices(
             len(self.eval_ds), self.layout, self.rank, self.cfg.data.eval_max_rows
         ):
-            mb = data_mod.collate(self.eval_ds, rows, vocab, weight=weight)
-            ce += float(micro_ce_sum(self.engine, mb, self.device))
+            mb = self._local(data_mod.collate(self.eval_ds, rows, vocab, weight=weight))
+            ce += float(micro_objective(self.engine, mb, self.device, self.cfg.loss.tile_tokens)[1])
             n += mb.num_trained
         self.engine.train()
         ce_all, n_all = self._all_reduce([ce, n])
