@@ -333,6 +333,11 @@ def resolve_attention(requested: str, on_gpu: bool, seq_len: int | None = None) 
             importlib.import_module("torch.nn.attention.flex_attention")
         except ImportError as err:
             raise ValueError(unavailable_message("flex_attention")) from err
+        if not on_gpu:
+            raise ValueError(
+                "model.attn_implementation=flex_attention: FlexAttention has no backward pass on CPU (torch "
+                f"{torch.__version__}); train with sdpa (or auto) on CPU"
+            )
         return FLEX, None
     if requested != "auto":
         return requested, None
