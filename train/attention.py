@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +83,9 @@ def _packed_kwargs(query: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.T
     if position_ids is None:
         raise ValueError("packed attention needs position_ids (samples restart at 0) in every forward call")
     if query.shape[0] != 1:
-        raise ValueError(f"packed attention expects one flattened row per micro-batch, got batch {query.shape[0]}")
+        raise ValueError(
+            f"packed attention expects one flattened row per micro-batch, got batch {query.shape[0]}"
+        )
     cu, max_len = cu_seqlens_from_position_ids(position_ids)
     return cu.to(query.device), max_len
 
@@ -118,7 +121,9 @@ def varlen_kernel_call(q, k, v, cu, max_len: int, scale: float | None) -> torch.
     if "scale" in params:
         kw["scale"] = scale
     elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-12:
-        raise ValueError("this torch's varlen_attn has no scale argument; the model's scaling is not 1/sqrt(d)")
+        raise ValueError(
+            "this torch's varlen_attn has no scale argument; the model's scaling is not 1/sqrt(d)"
+        )
     return fn(q, k, v, cu, cu, max_len, max_len, **kw)
 
 
@@ -147,7 +152,7 @@ def reference_varlen_kernel(q, k, v, cu, max_len: int, scale: float | None) -> t
     """The ``varlen_attn`` contract computed sample by sample with SDPA (CPU tests)."""
     outs = []
     bounds = cu.tolist()
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         qi, ki, vi = (t[a:b].transpose(0, 1) for t in (q, k, v))  # [H, L, D]
         if ki.shape[0] != qi.shape[0]:
             ki = ki.repeat_interleave(qi.shape[0] // ki.shape[0], dim=0)
@@ -171,7 +176,11 @@ class _BlockMaskCache:
         from torch.nn.attention.flex_attention import create_block_mask
 
         pos = position_ids.reshape(-1)
-        if self.key is not None and self.key.shape == pos.shape and torch.equal(self.key, pos.to(self.key.device)):
+        if (
+            self.key is not None
+            and self.key.shape == pos.shape
+            and torch.equal(self.key, pos.to(self.key.device))
+        ):
             return self.mask
         doc = document_ids(pos).to(device)
 
@@ -278,7 +287,9 @@ def _flash_attn_installed() -> bool:
 
 def unavailable_message(name: str) -> str:
     need = {"varlen": VARLEN_MIN_TORCH, "flex_attention": FLEX_MIN_TORCH}[name]
-    module = {"varlen": "torch.nn.attention.varlen", "flex_attention": "torch.nn.attention.flex_attention"}[name]
+    module = {"varlen": "torch.nn.attention.varlen", "flex_attention": "torch.nn.attention.flex_attention"}[
+        name
+    ]
     return (
         f"model.attn_implementation={name} needs {module} (PyTorch >= {need}); the installed torch is "
         f"{torch.__version__}. Upgrade torch, or use attn_implementation: auto"
@@ -294,7 +305,7 @@ def _probe(name: str, device: torch.device) -> str | None:
     try:
         out, _ = FUNCTIONS[REGISTERED[name]](None, q, k, v, None, scaling=0.125, position_ids=pos)
         out.float().sum().backward()
-    except Exception as err:  # noqa: BLE001 - any failure means "not usable here", reported to the user
+    except Exception as err:
         return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     return None
 
@@ -317,7 +328,9 @@ def resolve_attention(requested: str, on_gpu: bool, seq_len: int | None = None) 
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     if requested == "flash_attention_2":
         if not (on_gpu and _flash_attn_installed()):
-            raise ValueError("model.attn_implementation=flash_attention_2 needs a GPU and `pip install flash-attn`")
+            raise ValueError(
+                "model.attn_implementation=flash_attention_2 needs a GPU and `pip install flash-attn`"
+            )
         return requested, None
     if requested == "varlen":
         if _torch_varlen() is None:

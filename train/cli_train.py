@@ -99,11 +99,11 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
     ]
     if world_size:
         layout = batch_layout(cfg.batch, world_size, cfg.distributed.sequence_parallel)
+        sp = f", {layout.data_parallel} data-parallel x {layout.sequence_parallel} sequence-parallel"
         rows.append(
             (
                 "grad_accum",
-                f"{layout.grad_accum} (world size {world_size}, data-parallel {layout.data_parallel}, "
-                f"sequence-parallel {layout.sequence_parallel})",
+                f"{layout.grad_accum} (world size {world_size}{sp if layout.sequence_parallel > 1 else ''})",
             )
         )
     rows += [

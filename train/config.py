@@ -37,7 +37,9 @@ class ModelConfig:
     """A Llama-3.1 tokenizer folder; null = the built-in Hermes tokenizer. Must match the dataset's."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Compute / parameter dtype. auto = bfloat16 on GPU, float32 on CPU (bf16 matmuls are slow there)."""
-    attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = (
+        "auto"
+    )
     """How packed samples attend only to themselves (train/attention.py). varlen = PyTorch's variable-length
     flash attention (torch >= 2.10, CUDA), cu_seqlens from position_ids; flex_attention = FlexAttention with a
     document mask from position_ids; sdpa = a dense block-causal mask (O(T^2) memory). auto on GPU: the
@@ -312,7 +314,8 @@ def batch_layout(batch: BatchConfig, world_size: int, sequence_parallel: int = 1
         fits = [g for g in (lower, lower + per_step) if g > 0]
         raise ValueError(
             f"batch.global_batch_size={batch.global_batch_size} is not divisible by micro_batch_size "
-            f"({batch.micro_batch_size}) x data-parallel size ({data_parallel}) = {per_step}; use a multiple of "
+            f"({batch.micro_batch_size}) x {'data-parallel' if sequence_parallel > 1 else 'world'} size "
+            f"({data_parallel}) = {per_step}; use a multiple of "
             f"{per_step} (e.g. {' or '.join(map(str, fits))}) or change batch.micro_batch_size / the rank count"
         )
     return BatchLayout(

@@ -326,7 +326,9 @@ class SFTRecipe:
         scale = backward_scale(self.world, global_trained)
         ce_total, bad_rows = 0.0, []
         for i, mb in enumerate(micro_batches):
-            objective, ce_sum = micro_objective(self.engine, mb, self.device, self.cfg.loss.tile_tokens, scale)
+            objective, ce_sum = micro_objective(
+                self.engine, mb, self.device, self.cfg.loss.tile_tokens, scale
+            )
             if not torch.isfinite(ce_sum):
                 bad_rows += mb.row_ids
             self.engine.backward(objective, scale_wrt_gas=False)

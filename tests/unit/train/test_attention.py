@@ -9,6 +9,7 @@ bench/gpu_check.py on a GPU.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import pytest
 import torch
@@ -76,7 +77,9 @@ def sdpa_reference(packed_row):
 @pytest.mark.parametrize("name", ["varlen", "packed_sdpa"])
 def test_backend_equals_sdpa_block_mask(name, packed_row, sdpa_reference, monkeypatch):
     register_backends()
-    registered = {"varlen": attention.VARLEN, "flex": attention.FLEX, "packed_sdpa": attention.PACKED_SDPA}[name]
+    registered = {"varlen": attention.VARLEN, "flex": attention.FLEX, "packed_sdpa": attention.PACKED_SDPA}[
+        name
+    ]
     if name == "varlen":
         fn = functools.partial(attention.varlen_attention_forward, kernel=attention.reference_varlen_kernel)
         AttentionInterface.register("test_varlen_reference", fn)
@@ -110,7 +113,10 @@ def test_packed_samples_do_not_see_each_other(packed_row):
         packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits
         cu = cu_seqlens_from_position_ids(pos)[0].tolist()
         alone = torch.cat(
-            [model(input_ids=ids[:, a:b], position_ids=pos[:, a:b], use_cache=False).logits for a, b in zip(cu, cu[1:])],
+            [
+                model(input_ids=ids[:, a:b], position_ids=pos[:, a:b], use_cache=False).logits
+                for a, b in itertools.pairwise(cu)
+            ],
             dim=1,
         )
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)

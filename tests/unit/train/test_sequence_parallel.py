@@ -41,7 +41,9 @@ def test_slices_cover_the_row_and_every_trained_token_once(length, size):
 
 
 def test_sequence_parallel_must_divide_world_and_heads():
-    with pytest.raises(ValueError, match=r"sequence_parallel=3 does not divide the world size 8; use one of \[1, 2, 4, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"sequence_parallel=3 does not divide the world size 8; use one of \[1, 2, 4, 8\]"
+    ):
         batch_layout(BatchConfig(global_batch_size=8), 8, 3)
     layout = batch_layout(BatchConfig(global_batch_size=8), 8, 2)
     assert (layout.data_parallel, layout.grad_accum, layout.data_rank(5)) == (4, 2, 2)

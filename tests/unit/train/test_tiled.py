@@ -99,5 +99,5 @@ def test_tiled_mlp_equals_the_plain_mlp():
 
 
 def test_negative_tile_tokens_is_refused():
-    with pytest.raises((ConfigError, ValueError), match="loss.tile_tokens=-1 is negative"):
+    with pytest.raises((ConfigError, ValueError), match=r"loss\.tile_tokens=-1 is negative"):
         load_train_config("configs/tiny-cpu.yaml", ["loss.tile_tokens=-1"])
