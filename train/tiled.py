@@ -77,10 +77,12 @@ def head_ce(
     targets: torch.Tensor,
     tile_tokens: int,
     grad_scale: float = 1.0,
+    use_deepspeed: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(objective to backpropagate = ce_sum * grad_scale, detached ce_sum) of the LM head on trained
     positions: ``hidden`` [n, d], ``targets`` [n]. ``tile_tokens`` 0 = one shot, else shards of at most
-    that many positions (never more logits than one shard). Same values and gradients either way."""
+    that many positions (never more logits than one shard). Same values and gradients either way.
+    ``use_deepspeed=False``: the deepspeed-free implementation (bench/gpu_check.py must not import it)."""
     if tile_tokens <= 0:
         ce = one_shot_ce(head, hidden, targets)
         return ce * grad_scale, ce.detach()
@@ -94,7 +96,7 @@ def head_ce(
     def shard_loss(module: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         return one_shot_ce(module, xs, ys) * grad_scale
 
-    tiled = _deepspeed_alst("TiledFusedLogitsLoss") or _ShardedHeadLoss
+    tiled = (_deepspeed_alst("TiledFusedLogitsLoss") if use_deepspeed else None) or _ShardedHeadLoss
     objective = tiled.apply(shard_loss, head, x, y, None, shards, params, "sum")
     with torch.no_grad():
         ce = objective.detach() / grad_scale if grad_scale else objective.detach()
