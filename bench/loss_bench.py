@@ -1,0 +1,118 @@
+"""Tiled vs one-shot LM-head loss on CPU: peak memory and time of the loss of one micro-batch.
+
+    python bench/loss_bench.py                       # 8,192 trained tokens x 128,256, tiles of 1,024
+    python bench/loss_bench.py --tokens 16384 --tile 2048 --hidden 256
+
+Each variant runs in its own process (peak RSS is per process): forward + backward of
+``train.tiled.head_ce`` (the trainer's loss, with DeepSpeed's TiledFusedLogitsLoss when tiled) on random
+hidden states, fp32 as on CPU. The head weight and its gradient buffer exist before the measurement (a
+training step has them either way), so the peak is what the loss itself adds. The hidden size is small
+by default (128) so that the CPU time is the loss's, not a big matmul's; the logits are full size.
+Goal (issue 9): >= 8x less peak memory at <= 1.2x the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from train.tiled import head_ce  # noqa: E402
+
+VOCAB = 128_256
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def one_variant(tokens: int, hidden: int, tile: int, reps: int) -> dict:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(hidden, VOCAB, bias=False)
+    head.weight.grad = torch.zeros_like(head.weight)
+    x = torch.randn(tokens, hidden, requires_grad=True)
+    y = torch.randint(0, VOCAB, (tokens,))
+    times, loss = [], 0.0
+    base = rss_bytes()
+    for _ in range(reps):
+        x.grad = None
+        head.weight.grad.zero_()
+        t0 = time.perf_counter()
+        objective, ce = head_ce(head, x, y, tile, 1.0 / tokens)
+        objective.backward()
+        times.append(time.perf_counter() - t0)
+        loss = float(ce) / tokens
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"peak_extra_gb": (peak - base) / 1e9, "time_s": min(times), "loss": loss}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=8192, help="trained tokens in the micro-batch")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden size of the LM head input")
+    parser.add_argument("--tile", type=int, default=1024, help="loss.tile_tokens of the tiled variant")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per variant (min is kept)")
+    parser.add_argument("--variant", type=int, default=None, help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+    if args.variant is not None:
+        print(json.dumps(one_variant(args.tokens, args.hidden, args.variant, args.reps)))
+        return 0
+    need = 4 * args.tokens * VOCAB * 3.5
+    if mem_available() < need + 2e9:
+        print(
+            f"loss_bench: needs ~{need / 1e9:.1f} GB free for the one-shot loss; "
+            f"{mem_available() / 1e9:.1f} GB available. Free memory or pass smaller --tokens.",
+            file=sys.stderr,
+        )
+        return 2
+    rows = {}
+    for label, tile in (("one-shot", 0), (f"tiled ({args.tile})", args.tile)):
+        cmd = [
+            sys.executable,
+            __file__,
+            f"--tokens={args.tokens}",
+            f"--hidden={args.hidden}",
+            f"--reps={args.reps}",
+            f"--variant={tile}",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    one, tiled = rows["one-shot"], rows[f"tiled ({args.tile})"]
+    mem_ratio, time_ratio = one["peak_extra_gb"] / tiled["peak_extra_gb"], tiled["time_s"] / one["time_s"]
+    print(
+        f"loss of {args.tokens:,} trained tokens x {VOCAB:,} vocabulary (hidden {args.hidden}, fp32, CPU, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    print(f"{'variant':<16}{'peak extra GB':>15}{'time s':>10}{'loss':>12}")
+    for label, r in rows.items():
+        print(f"{label:<16}{r['peak_extra_gb']:>15.2f}{r['time_s']:>10.2f}{r['loss']:>12.6f}")
+    print(
+        f"memory: {mem_ratio:.1f}x less (goal >= 8x: {'met' if mem_ratio >= 8 else 'NOT met'}); "
+        f"time: {time_ratio:.2f}x (goal <= 1.2x: {'met' if time_ratio <= 1.2 else 'NOT met'}); "
+        f"same loss: {abs(one['loss'] - tiled['loss']) <= 1e-5 * abs(one['loss'])}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
