@@ -156,7 +156,7 @@ class ScheduleConfig:
 
 
 @dataclass
-class LoraSection:
+class LoraConfig:
     enabled: bool = False
     """Train a PEFT LoRA adapter instead of all weights."""
     r: int = 16
@@ -256,7 +256,7 @@ class TrainConfig:
     """AdamW settings and gradient clipping."""
     loss: LossConfig = field(default_factory=LossConfig)
     """How the LM-head loss is computed (tiled or one-shot)."""
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA (off = full fine-tuning)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint cadence, retention and resume."""

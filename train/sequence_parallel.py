@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 
 from data_recipes.tokenizer import PAD_ID
-from train.attention import FLEX, PACKED_SDPA, VARLEN, register_backends
+from train.attention import FLEX, PACKED_SDPA, VARLEN, register_backends, resolve_attention
+from train.config import BatchLayout
 from train.data import MicroBatch
 
 ULYSSES = "hermes_ulysses"
@@ -72,9 +73,11 @@ def check_heads(hf_config, size: int) -> None:
         )
 
 
-def init_groups(size: int, world: int, rank: int) -> SPGroup:
-    """Groups of ``size`` consecutive ranks (within a node when ``size`` divides the GPUs per node, so the
+def init_groups(size: int, world: int, rank: int) -> SPGroup | None:
+    """None when ``size`` is 1 (SP off). Else groups of ``size`` consecutive ranks (within a node when ``size`` divides the GPUs per node, so the
     all-to-all stays on NVLink). Collective: every rank creates every group, in the same order."""
+    if size == 1:
+        return None
     if world % size:
         raise ValueError(f"distributed.sequence_parallel={size} does not divide the world size {world}")
     groups = [dist.new_group(list(range(start, start + size))) for start in range(0, world, size)]
@@ -112,6 +115,26 @@ def register_ulysses(hf_config, attn: str, sp: SPGroup) -> str:
 
     AttentionInterface.register(ULYSSES, ulysses_attention)
     return ULYSSES
+
+
+def describe(layout: BatchLayout) -> str:
+    """'N data-parallel ranks' and, under SP, how each micro-batch is split (for the setup log)."""
+    sp = f" (each micro-batch split over {layout.sequence_parallel} sequence-parallel ranks)"
+    return f"{layout.data_parallel} data-parallel ranks" + (sp if layout.sequence_parallel > 1 else "")
+
+
+def model_attention(model_cfg, hf_config, on_gpu: bool, seq_len, sp: SPGroup | None, warn) -> str:
+    """The attention implementation to build the model with: ``model.attn_implementation`` resolved
+    (train/attention.py; a fallback warning goes to ``warn``), wrapped in Ulysses under SP."""
+    attn, warning = resolve_attention(model_cfg.attn_implementation, on_gpu, seq_len)
+    if warning:
+        warn(f"WARNING: {warning}")
+    return attn if sp is None else register_ulysses(hf_config, attn, sp)
+
+
+def local_slice(mb: MicroBatch, sp: SPGroup | None) -> MicroBatch:
+    """This rank's part of a micro-batch: its slice under sequence parallelism, else all of it."""
+    return mb if sp is None else shard_micro_batch(mb, sp)
 
 
 def shard_micro_batch(mb: MicroBatch, sp: SPGroup) -> MicroBatch:
