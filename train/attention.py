@@ -143,7 +143,7 @@ def varlen_attention_forward(
     if dropout:
         raise ValueError("varlen attention runs without attention dropout (Llama uses none)")
     cu, max_len = _packed_kwargs(query, kwargs)
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
     out = kernel(q, k, v, cu, max_len, scaling)
     return out.unsqueeze(0), None
 
@@ -188,7 +188,10 @@ class _BlockMaskCache:
             return (q_idx >= kv_idx) & (doc[q_idx] == doc[kv_idx])
 
         n = pos.numel()
-        self.mask = create_block_mask(causal_document, None, None, n, n, device=device)
+        # compiled on CUDA: the mask is built block by block, never as a [T, T] tensor
+        compiled = device.type == "cuda" and "_compile" in inspect.signature(create_block_mask).parameters
+        kwargs = {"_compile": True} if compiled else {}
+        self.mask = create_block_mask(causal_document, None, None, n, n, device=device, **kwargs)
         self.key = pos.detach().clone()
         return self.mask
 
