@@ -92,6 +92,31 @@ def time_child(tokens: int, hidden: int, tile: int, reps: int) -> dict:
     }
 
 
+def report(args: argparse.Namespace, mem: dict, timing: dict, tiled_label: str) -> None:
+    """Print the table, the ratios against the goals and every timed run."""
+    mem_ratio = mem["one-shot"]["peak_extra_gb"] / mem[tiled_label]["peak_extra_gb"]
+    time_ratio = timing["tiled_s"] / timing["one_shot_s"]
+    cpu_ratio = timing["tiled_cpu_s"] / timing["one_shot_cpu_s"]
+    same = abs(mem["one-shot"]["loss"] - mem[tiled_label]["loss"]) <= 1e-5 * abs(mem["one-shot"]["loss"])
+    print(
+        f"loss of {args.tokens:,} trained tokens x {VOCAB:,} vocabulary (hidden {args.hidden}, fp32, CPU, "
+        f"{torch.get_num_threads()} threads; time = fastest of {args.reps} alternating runs)"
+    )
+    seconds = {"one-shot": timing["one_shot_s"], tiled_label: timing["tiled_s"]}
+    cpu = {"one-shot": timing["one_shot_cpu_s"], tiled_label: timing["tiled_cpu_s"]}
+    print(f"{'variant':<16}{'peak extra GB':>15}{'wall s':>10}{'CPU s':>10}{'loss':>12}")
+    for label, r in mem.items():
+        print(
+            f"{label:<16}{r['peak_extra_gb']:>15.2f}{seconds[label]:>10.2f}{cpu[label]:>10.2f}{r['loss']:>12.6f}"
+        )
+    print(
+        f"memory: {mem_ratio:.1f}x less (goal >= 8x: {'met' if mem_ratio >= 8 else 'NOT met'}); "
+        f"wall time: {time_ratio:.2f}x, CPU time: {cpu_ratio:.2f}x (goal <= 1.2x: "
+        f"{'met' if time_ratio <= 1.2 else 'NOT met'} on wall time); same loss: {same}"
+    )
+    print(f"all timed runs (s): {json.dumps(timing['runs'])}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=8192, help="trained tokens in the micro-batch")
@@ -136,27 +161,7 @@ def main() -> int:
         tiled_label: child("--child=memory", f"--variant={args.tile}"),
     }
     timing = child("--child=time", f"--reps={args.reps}")
-    seconds = {"one-shot": timing["one_shot_s"], tiled_label: timing["tiled_s"]}
-    mem_ratio = mem["one-shot"]["peak_extra_gb"] / mem[tiled_label]["peak_extra_gb"]
-    time_ratio = timing["tiled_s"] / timing["one_shot_s"]
-    cpu_ratio = timing["tiled_cpu_s"] / timing["one_shot_cpu_s"]
-    same = abs(mem["one-shot"]["loss"] - mem[tiled_label]["loss"]) <= 1e-5 * abs(mem["one-shot"]["loss"])
-    print(
-        f"loss of {args.tokens:,} trained tokens x {VOCAB:,} vocabulary (hidden {args.hidden}, fp32, CPU, "
-        f"{torch.get_num_threads()} threads; time = fastest of {args.reps} alternating runs)"
-    )
-    cpu = {"one-shot": timing["one_shot_cpu_s"], tiled_label: timing["tiled_cpu_s"]}
-    print(f"{'variant':<16}{'peak extra GB':>15}{'wall s':>10}{'CPU s':>10}{'loss':>12}")
-    for label, r in mem.items():
-        print(
-            f"{label:<16}{r['peak_extra_gb']:>15.2f}{seconds[label]:>10.2f}{cpu[label]:>10.2f}{r['loss']:>12.6f}"
-        )
-    print(
-        f"memory: {mem_ratio:.1f}x less (goal >= 8x: {'met' if mem_ratio >= 8 else 'NOT met'}); "
-        f"wall time: {time_ratio:.2f}x, CPU time: {cpu_ratio:.2f}x (goal <= 1.2x: "
-        f"{'met' if time_ratio <= 1.2 else 'NOT met'} on wall time); same loss: {same}"
-    )
-    print(f"all timed runs (s): {json.dumps(timing['runs'])}")
+    report(args, mem, timing, tiled_label)
     return 0
 
 

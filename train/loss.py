@@ -44,11 +44,9 @@ def nonfinite_loss_error(step: int, rows: list[int], data_path: str, last_checkp
 
 
 def micro_ce_sum(model: torch.nn.Module, mb: MicroBatch, device: torch.device | None = None) -> torch.Tensor:
-    """Sum of token CE (fp32) over the trained positions of one flattened micro-batch.
-
-    Only trained positions go through the LM head (``logits_to_keep``): the logits of a 16k-token row
-    over a 128k vocabulary would take 8 GB in fp32.
-    """
+    """Sum of token CE (fp32) over the trained positions of one flattened micro-batch, in one shot through
+    the model's own forward (``logits_to_keep``): the plain reference the tests compare the trainer's
+    :func:`micro_objective` with (one-shot or tiled, they are equal)."""
     device = device or next(model.parameters()).device
     out = model(
         input_ids=mb.input_ids.to(device),
