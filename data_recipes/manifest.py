@@ -30,7 +30,7 @@ def columns(samples) -> dict[str, np.ndarray]:
     """The per-sample columns selection needs, as numpy arrays (no token lists)."""
     table = samples.data
     out = {}
-    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut"):
+    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "chosen_length"):
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
@@ -80,7 +80,10 @@ def enforce(
 
 def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
     tokens = int(cols["length"][records].sum())
+    pairs = cols["chosen_length"][records] > 0
+    extra = {"num_pairs": int(pairs.sum())} if pairs.any() else {}
     return {
+        **extra,
         "num_rows": plan.num_rows,
         "num_samples": len(records),
         "num_tokens": tokens,
@@ -125,6 +128,7 @@ def make_manifest(
     totals = drop_summary(sel.reason, samples)
     manifest = {
         "format_version": FORMAT_VERSION,
+        "kind": cfg.kind,  # preference: every sample is a chosen/rejected pair (two sequences per item)
         "max_seq_len": cfg.max_seq_len,
         "seed": cfg.seed,
         "history": cfg.history,
