@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from train import checkpoint as ckpt
 from train import data as data_mod
 from train import runtime
 from train.config import TrainConfig, batch_layout, config_as_dict
+from train.dpo import DPOObjective, check_objective
 from train.ds_config import build_ds_config, load_template
 from train.loss import backward_scale, micro_ce_sum
 from train.metrics import FlopModel, MetricsWriter, device_peak_tflops, format_summary, plot_loss
@@ -54,6 +55,8 @@ class StepStats:
     trained_tokens: int
     sum_sq_lengths: int
     stop: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Objective-specific metrics (DPO: rewards, reward accuracy and margin, log-probs per side)."""
 
 
 class SFTRecipe:
@@ -67,6 +70,7 @@ class SFTRecipe:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self.metrics: MetricsWriter | None = None
+        self.objective: DPOObjective | None = None  # objective: dpo (train/dpo.py); None = the SFT loss
         self.eval_loss: float | None = None
         self.status = "setup"
         self._saved_step = -1
@@ -88,6 +92,10 @@ class SFTRecipe:
         self.fingerprint = model_fingerprint(self.hf_config, self.cfg.lora)
         resume_from = self._resolve_resume()
         self._setup_engine(resume_from)
+        if (
+            self.cfg.objective == "dpo"
+        ):  # before the checkpoint: a precomputed reference uses the initial weights
+            self.objective = DPOObjective(self, self.cfg)
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         self._on_rank0(self._write_run_files)
@@ -131,6 +139,7 @@ class SFTRecipe:
             self.tokenizer = load_tokenizer(cfg.model.tokenizer)
         self.manifest = data_mod.read_manifest(cfg.data.path)
         data_mod.check_manifest(self.manifest, self.tokenizer, cfg.data.path, cfg.data.max_seq_len)
+        check_objective(self.manifest, cfg.objective, cfg.data.path)
         self.train_ds, self.eval_ds = data_mod.load_splits(
             cfg.data.path, cfg.data.train_split, cfg.data.eval_split
         )
@@ -306,6 +315,10 @@ class SFTRecipe:
     def accumulate(self, micro_batches: list[data_mod.MicroBatch]) -> StepStats:
         """Forward + backward of every micro-batch with the global token normalization (train/loss.py).
         Gradients are reduced and partitioned when it returns; the weights are not updated yet."""
+        if self.objective is not None:  # DPO: the pair-normalized loss (train/dpo.py)
+            return StepStats(
+                grad_norm=None, lr=self.engine.get_lr()[0], **self.objective.accumulate(micro_batches)
+            )
         local_trained = sum(mb.num_trained for mb in micro_batches)
         global_trained = int(self._all_reduce([local_trained])[0])
         scale = backward_scale(self.world, global_trained)
@@ -365,6 +378,7 @@ class SFTRecipe:
             "tokens_per_sec_per_device": stats.tokens / seconds / self.world,
             "mfu": self._mfu(flops, seconds),
             "epoch": self.rows_consumed / len(self.train_ds),
+            **stats.extra,
         }
         if self.step % self.cfg.logging.every_steps == 0 or self.step == self.cfg.schedule.steps:
             self.metrics.log(record)
@@ -374,6 +388,11 @@ class SFTRecipe:
                 "loss": f"{stats.loss:.4f}",
                 "lr": f"{stats.lr:.2e}",
                 "tok/s/dev": f"{record['tokens_per_sec_per_device']:.0f}",
+                **{
+                    k: f"{stats.extra[k]:.3f}"
+                    for k in ("reward_margin", "reward_accuracy")
+                    if k in stats.extra
+                },
             },
         )
 
@@ -397,6 +416,8 @@ class SFTRecipe:
         """Token-level eval loss on the eval split (every rank runs the same number of forwards)."""
         if self.eval_ds is None:
             return None
+        if self.objective is not None:
+            return self._evaluate_objective()
         self.engine.eval()
         ce, n = 0.0, 0
         vocab = self.hf_config.vocab_size
@@ -414,6 +435,19 @@ class SFTRecipe:
                 {"step": self.step, "eval_loss": self.eval_loss, "eval_trained_tokens": int(n_all)}
             )
         self._info(f"step {self.step}: eval loss {self.eval_loss:.4f} over {int(n_all):,} trained tokens")
+        return self.eval_loss
+
+    def _evaluate_objective(self) -> float | None:
+        record = self.objective.evaluate()
+        if record is None:
+            return None
+        self.eval_loss = record["eval_loss"]
+        if self.metrics is not None:
+            self.metrics.log({"step": self.step, **record})
+        self._info(
+            f"step {self.step}: eval loss {self.eval_loss:.4f}, reward accuracy {record['eval_reward_accuracy']:.3f}, "
+            f"margin {record['eval_reward_margin']:.4f} over {record['eval_pairs']:,} pairs"
+        )
         return self.eval_loss
 
     # ------------------------------------------------------------------------------------------- save
