@@ -361,6 +361,7 @@ class SFTRecipe:
         self.tokens_seen += stats.tokens
         self.trained_seen += stats.trained_tokens
         self.last_loss = stats.loss
+        self.last_extra = stats.extra
         flops = self.flop_model.step_flops(stats.tokens, stats.trained_tokens, stats.sum_sq_lengths)
         self._times.append(seconds)
         self._flops.append(flops)
@@ -536,6 +537,7 @@ class SFTRecipe:
             "step": self.step,
             "total_steps": self.cfg.schedule.steps,
             "final_loss": getattr(self, "last_loss", None),
+            **{f"final_{k}": v for k, v in getattr(self, "last_extra", {}).items() if k != "pairs"},
             "eval_loss": self.eval_loss,
             "tokens_seen": self.tokens_seen,
             "trained_tokens_seen": self.trained_seen,

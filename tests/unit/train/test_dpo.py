@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +20,7 @@ from train.dpo import check_objective, first_step_loss, pair_counts, pair_terms
 from train.reference import sequence_logps
 
 VOCAB = 96
+REPO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny-cpu-dpo.yaml"
 # (prompt length, chosen completion length, rejected completion length) of each pair
 PAIRS = [(7, 5, 9), (4, 12, 3), (11, 2, 6)]
 
@@ -50,7 +52,9 @@ def packed_micro_batch(sides) -> object:
     labels = [t for _, lab in sides for t in lab]
     pos = [i for s, _ in sides for i in range(len(s))]
     lengths = [len(s) for s, _ in sides]
-    ds = Dataset.from_dict({"input_ids": [ids], "labels": [labels], "position_ids": [pos], "seq_lengths": [lengths]})
+    ds = Dataset.from_dict(
+        {"input_ids": [ids], "labels": [labels], "position_ids": [pos], "seq_lengths": [lengths]}
+    )
     return collate(ds, [0], VOCAB)
 
 
@@ -126,7 +130,13 @@ def trl_loss(scored, cfg: DPOConfig, loss_types: list[str], weights: list[float]
 
 @pytest.mark.parametrize(
     ("loss_type", "smoothing", "rpo"),
-    [("sigmoid", 0.0, 0.0), ("ipo", 0.0, 0.0), ("robust", 0.15, 0.0), ("sigmoid", 0.0, 0.5), ("ipo", 0.0, 1.0)],
+    [
+        ("sigmoid", 0.0, 0.0),
+        ("ipo", 0.0, 0.0),
+        ("robust", 0.15, 0.0),
+        ("sigmoid", 0.0, 0.5),
+        ("ipo", 0.0, 1.0),
+    ],
 )
 def test_loss_and_rewards_equal_trl(scored, loss_type, smoothing, rpo):
     cfg = DPOConfig(beta=0.3, loss_type=loss_type, label_smoothing=smoothing, rpo_alpha=rpo)
@@ -137,7 +147,9 @@ def test_loss_and_rewards_equal_trl(scored, loss_type, smoothing, rpo):
     theirs, metrics = trl_loss(scored, cfg, types, weights)
     assert float(ours) == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert float(terms.chosen_rewards.mean()) == pytest.approx(metrics["rewards/chosen"], rel=1e-5, abs=1e-6)
-    assert float(terms.rejected_rewards.mean()) == pytest.approx(metrics["rewards/rejected"], rel=1e-5, abs=1e-6)
+    assert float(terms.rejected_rewards.mean()) == pytest.approx(
+        metrics["rewards/rejected"], rel=1e-5, abs=1e-6
+    )
     margin = float((terms.chosen_rewards - terms.rejected_rewards).mean())
     assert margin == pytest.approx(metrics["rewards/margins"], rel=1e-5, abs=1e-6)
     accuracy = float((terms.chosen_rewards > terms.rejected_rewards).float().mean())
@@ -173,9 +185,9 @@ def test_bad_dpo_settings_are_refused(dpo, match):
 def test_adapter_reference_needs_lora():
     from train.config import load_train_config
 
-    with pytest.raises(ValueError, match="lora.enabled=true"):
-        load_train_config("configs/tiny-cpu-dpo.yaml", ["lora.enabled=false", "dpo.reference=adapter"])
-    cfg = load_train_config("configs/tiny-cpu-dpo.yaml", [])
+    with pytest.raises(ValueError, match=r"lora\.enabled=true"):
+        load_train_config(REPO_CONFIG, ["lora.enabled=false", "dpo.reference=adapter"])
+    cfg = load_train_config(REPO_CONFIG, [])
     assert isinstance(cfg, TrainConfig) and cfg.objective == "dpo" and cfg.lora.enabled
 
 
