@@ -43,12 +43,14 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
 def _dataset_checks(cfg: TrainConfig, host: str) -> list[str]:
     from data_recipes.tokenizer import load_tokenizer
     from train import data as data_mod
+    from train.dpo import check_objective
 
     try:
         manifest = data_mod.read_manifest(cfg.data.path)
         data_mod.check_manifest(
             manifest, load_tokenizer(cfg.model.tokenizer), cfg.data.path, cfg.data.max_seq_len
         )
+        check_objective(manifest, cfg.objective, cfg.data.path)
         data_mod.load_splits(cfg.data.path, cfg.data.train_split, cfg.data.eval_split)
     except (ValueError, OSError) as err:
         return [f"{host}: {err}"]
