@@ -180,6 +180,9 @@ def tables(manifest: dict[str, Any]) -> list:
                 "num_rows", "num_tokens", "num_trained_tokens"):  # fmt: skip
         overview.add_row(key, f"{manifest[key]:,}")
     overview.add_row("dropped", f"{sum(manifest['dropped'].values()):,}")
+    if manifest.get("kind") == "preference":  # a sample is a chosen/rejected pair
+        pairs = sum(split.get("num_pairs", 0) for split in manifest["splits"].values())
+        overview.add_row("kind / pairs out", f"preference / {pairs:,}")
     overview.add_row("packing_efficiency", f"{manifest['packing_efficiency']:.4%}")
     for name, split in manifest["splits"].items():
         overview.add_row(f"{name} rows / samples", f"{split['num_rows']:,} / {split['num_samples']:,}")
