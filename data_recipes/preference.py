@@ -41,7 +41,8 @@ from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, SampleError, conversation_from_openai
 from data_recipes.pipeline import RECORD_COLUMNS, WorkerContext, _error_record, _sample_record, get_tokenizer
-from data_recipes.recipes import Prepared, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import Prepared, apply_label_rules
 from data_recipes.render import RenderedSample, RenderOptions, render_batch
 
 PairFormat = Literal["prompt", "full"]
@@ -117,7 +118,7 @@ def prepare_pair(
     preps = []
     for side, conv in zip(SIDES, (chosen, rejected), strict=True):
         try:
-            preps.append(prepare(recipe, conv, options, policy, tokenizer))
+            preps.append(RECIPES[recipe](conv, options, policy, tokenizer))
         except SampleError as err:
             raise SampleError(err.reason, f"{side} side: {err.detail}", conv.origin) from err
     thinking = preps[0].thinking or preps[1].thinking

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.fileio import fsync_dir, write_json
+
 CHECKPOINTS, LATEST, STATE_FILE, DS_TAG = "checkpoints", "latest", "hermes_state.json", "ds"
 STOP_FILE = "STOP"
 # Test hook: rank 0 SIGKILLs itself in the middle of saving this step (shards written, not yet complete).
@@ -40,24 +42,6 @@ FAULT_ENV = "HERMES_SFT_FAULT_KILL_IN_SAVE"
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON durably: temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -204,14 +188,14 @@ def save_checkpoint(
         for name, obj in files.items():
             write_json(tmp / name, obj)
         write_json(tmp / STATE_FILE, state | {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         pointer_tmp = root / f"{LATEST}.tmp"
         pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
         os.replace(pointer_tmp, root / LATEST)
-        _fsync_dir(root)
+        fsync_dir(root)
         prune(run_dir, keep_last)
     barrier()
     return final

@@ -139,7 +139,7 @@ def chat(model_dir: Path) -> Stage:
 
     from data_recipes.messages import conversation_from_openai
     from data_recipes.render import RenderOptions, render_text
-    from train.export.parse import parse_output
+    from train.export.verify.report import parse_output
 
     stage = Stage("chat (exported)", path=str(model_dir))
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Pretrain
 
 from data_recipes.tokenizer import BOS_ID, END_OF_TEXT_ID, EOM_ID, EOT_ID, PAD_ID, VOCAB_SIZE
 from train.config import LoraSection, ModelConfig
+from train.safetensors_io import save_tensors, write_index
 
 _LLAMA31_ROPE = {
     "rope_type": "llama3",
@@ -263,30 +264,30 @@ def write_safetensors(
     max_shard_bytes: int = 5 * 1024**3,
 ) -> None:
     """Write tensors as ``{stem}.safetensors`` (or shards + ``{stem}.safetensors.index.json``) on rank 0,
-    streaming so rank 0 holds at most one shard."""
-    from safetensors.torch import save_file
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    streaming so rank 0 holds at most one shard. The shapes are known only as the gathers arrive, so
+    shards are cut here and each is written by the one safetensors writer (``train.safetensors_io``)."""
+    shard: dict[str, torch.Tensor] = {}
     written: list[str] = []
     size = total = 0
     index: dict[str, int] = {}
 
     def flush() -> None:
-        nonlocal size
+        nonlocal shard, size
         path = out_dir / f"{stem}-tmp-{len(written):05d}.safetensors"
-        save_file(shards[-1], str(path), metadata={"format": "pt"})
+        save_tensors(path, shard)
         written.append(path.name)
-        shards[-1], size = {}, 0
+        shard, size = {}, 0
 
     for name, tensor in tensors:
         if rank != 0 or tensor is None:
             continue
-        if size and size + tensor.numel() * tensor.element_size() > max_shard_bytes:
+        nbytes = tensor.numel() * tensor.element_size()
+        if size and size + nbytes > max_shard_bytes:
             flush()
-        shards[-1][name] = tensor.contiguous()
+        shard[name] = tensor.contiguous()
         index[name] = len(written)
-        size += tensor.numel() * tensor.element_size()
-        total += tensor.numel() * tensor.element_size()
+        size += nbytes
+        total += nbytes
     if rank != 0:
         return
     flush()
@@ -296,7 +297,4 @@ def write_safetensors(
     names = [f"{stem}-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
     for old, new in zip(written, names, strict=True):
         os.replace(out_dir / old, out_dir / new)
-    weight_map = {k: names[i] for k, i in sorted(index.items())}
-    (out_dir / f"{stem}.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
-    )
+    write_index(out_dir, stem, {k: names[i] for k, i in index.items()}, total)

@@ -14,7 +14,8 @@ from data_recipes.build import build
 from data_recipes.messages import SampleError
 from data_recipes.mixture import MixtureConfig, SourceConfig, load_mixture
 from data_recipes.preference import SIDES, split_pair
-from data_recipes.recipes import RecipeOptions, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import RecipeOptions, apply_label_rules
 from data_recipes.render import IGNORE_INDEX, RenderOptions, render
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,7 +68,7 @@ def test_sides_render_exactly_like_sft_samples(built, tokenizer):
     path = REPO / "data_recipes" / "samples" / "preference_tools.jsonl"
     row = json.loads(path.read_text().splitlines()[0])
     _, chosen, rejected = split_pair(row, "x")
-    preps = [prepare("tool_use", c, RecipeOptions(), "last", tokenizer) for c in (chosen, rejected)]
+    preps = [RECIPES["tool_use"](c, RecipeOptions(), "last", tokenizer) for c in (chosen, rejected)]
     thinking = preps[0].thinking or preps[1].thinking
     alone = [apply_label_rules(render(p.conv, tokenizer, RenderOptions(thinking=thinking)), p) for p in preps]
     pair_ids = alone[0].input_ids + alone[1].input_ids
