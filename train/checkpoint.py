@@ -118,6 +118,26 @@ def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any]
         )
 
 
+def prepare_resume(
+    run_dir: Path, resume: str, expected: dict[str, Any], started_at: float
+) -> tuple[Path | None, list[str]]:
+    """Rank 0, before the engine exists: the checkpoint to resume from (checked against ``expected``),
+    after clearing what an interrupted run left (half-written checkpoints, the STOP file of the run it
+    stopped). Returns the path and a note per thing removed."""
+    path = resolve_resume(run_dir, resume)
+    if path is not None:
+        check_compatible(read_state(path), path, expected, explicit=resume not in ("auto", "never"))
+    notes = []
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        notes.append(f"removed incomplete checkpoint(s) from an interrupted save: {[p.name for p in stale]}")
+    stop_file = run_dir / STOP_FILE
+    if stop_file.exists() and stop_file.stat().st_mtime < started_at:  # from the run it stopped
+        stop_file.unlink()
+        notes.append(f"removed {stop_file} left by the previous stop")
+    return path, notes
+
+
 # ---------------------------------------------------------------------------------------------------- RNG
 
 

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.config import DPOConfig, TrainConfig
 from train.data import MicroBatch, collate, eval_slices
+from train.distributed import all_reduce_sum
+from train.progress import StepStats
 from train.reference import AdapterReference, PrecomputedReference, sequence_logps
 
 
@@ -98,9 +99,10 @@ def sequence_token_counts(mb: MicroBatch) -> torch.Tensor:
     return torch.bincount(seq_of_pos[mb.target_index], minlength=len(mb.seq_lengths))
 
 
-def check_objective(manifest: dict[str, Any], objective: str, path: str) -> None:
-    """Refuse an SFT dataset under ``objective: dpo`` and a preference dataset under ``objective: sft``."""
-    kind = manifest.get("kind", "sft")
+def check_objective(manifest: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest, once its dataset kind fits ``cfg.objective``: an SFT dataset under ``objective: dpo``
+    and a preference dataset under ``objective: sft`` are refused (before anything is built)."""
+    kind, objective, path = manifest.get("kind", "sft"), cfg.objective, cfg.data.path
     if objective == "dpo" and kind != "preference":
         raise ValueError(
             f"data.path={path} is an SFT dataset (kind: {kind}) but objective: dpo needs chosen/rejected pairs; "
@@ -112,6 +114,7 @@ def check_objective(manifest: dict[str, Any], objective: str, path: str) -> None
             f"data.path={path} holds preference pairs (kind: preference) but objective is {objective}; "
             "set objective: dpo (see configs/tiny-cpu-dpo.yaml) or build an SFT dataset"
         )
+    return manifest
 
 
 STAT_KEYS = (
@@ -127,9 +130,12 @@ STAT_KEYS = (
 
 class DPOObjective:
     """The DPO step and eval, driven by the recipe (``host``: engine, device, world, layout, datasets,
-    ``stop``, ``_raise_nonfinite``). Chosen once at setup; SFT never reaches this code."""
+    ``stop``, ``_raise_nonfinite``). Chosen once at setup; SFT never reaches this code. Built after the
+    engine and *before* a checkpoint is loaded: a precomputed reference is computed from the initial
+    weights (train/reference.py)."""
 
-    def __init__(self, host, cfg: TrainConfig) -> None:
+    def __init__(self, host) -> None:
+        cfg = host.cfg
         self.host, self.cfg = host, cfg.dpo
         reference = cfg.dpo.reference
         if reference == "auto":
@@ -141,9 +147,7 @@ class DPOObjective:
             self.reference = PrecomputedReference.load_or_compute(host)
 
     def _reduce(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.host.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return all_reduce_sum(self.host.device, values)
 
     def _terms(self, mb: MicroBatch, split: str) -> tuple[PairTerms, torch.Tensor]:
         host = self.host
@@ -151,7 +155,7 @@ class DPOObjective:
         policy, counts = sequence_logps(host.engine, mb, host.device)
         return pair_terms(policy, ref, counts, self.cfg), policy
 
-    def accumulate(self, micro_batches: list[MicroBatch]) -> dict[str, Any]:
+    def accumulate(self, micro_batches: list[MicroBatch]) -> StepStats:
         """Forward + backward of every micro-batch with the global pair normalization (module docstring)."""
         host, alpha = self.host, self.cfg.rpo_alpha
         local = [pair_counts(mb) for mb in micro_batches]
@@ -179,14 +183,16 @@ class DPOObjective:
         if totals[-2]:
             host._raise_nonfinite(bad_rows)
         record = self._record(dict(zip(STAT_KEYS, totals, strict=False)), pairs, chosen_tokens)
-        return {
-            "loss": record.pop("loss"),
-            "tokens": int(totals[-5]),
-            "sum_sq_lengths": int(totals[-4]),
-            "trained_tokens": int(totals[-3]),
-            "stop": bool(totals[-1]),
-            "extra": record,
-        }
+        return StepStats(
+            loss=record.pop("loss"),
+            grad_norm=None,
+            lr=host.engine.get_lr()[0],
+            tokens=int(totals[-5]),
+            trained_tokens=int(totals[-3]),
+            sum_sq_lengths=int(totals[-4]),
+            stop=bool(totals[-1]),
+            extra=record,
+        )
 
     @staticmethod
     def _add(sums: dict[str, float], terms: PairTerms, policy: torch.Tensor, nll: torch.Tensor) -> None:
@@ -214,8 +220,25 @@ class DPOObjective:
             record["dpo_loss"], record["nll_chosen"] = s["loss_sum"] / pairs, nll
         return {f"{prefix}{k}": v for k, v in record.items()}
 
+    def evaluate(self) -> float | None:
+        """Eval on the eval split's pairs: logged (metrics on rank 0, a line); sets and returns the host's
+        ``eval_loss`` (the mean DPO loss over the eval pairs)."""
+        record = self.eval_record()
+        if record is None:
+            return None
+        host = self.host
+        host.eval_loss = record["eval_loss"]
+        if host.metrics is not None:
+            host.metrics.log({"step": host.progress.step, **record})
+        host._info(
+            f"step {host.progress.step}: eval loss {record['eval_loss']:.4f}, reward accuracy "
+            f"{record['eval_reward_accuracy']:.3f}, margin {record['eval_reward_margin']:.4f} over "
+            f"{record['eval_pairs']:,} pairs"
+        )
+        return record["eval_loss"]
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any] | None:
+    def eval_record(self) -> dict[str, Any] | None:
         """DPO loss, rewards and reward accuracy on the eval split's pairs (same collectives on every rank)."""
         host = self.host
         if host.eval_ds is None:

@@ -14,12 +14,18 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
+from data_recipes.tokenizer import load_tokenizer
+from train import data as data_mod
 from train.config import TrainConfig, batch_layout
+from train.distributed import local_device, resolve_backend
+from train.dpo import check_objective
+from train.ds_config import load_template
 
 
 def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_gpu: bool) -> list[str]:
-    from train.ds_config import load_template
-
     problems: list[str] = []
     host = socket.gethostname()
     try:
@@ -28,8 +34,6 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
     except ValueError as err:
         problems.append(str(err))
     if on_gpu:
-        import torch
-
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.device_count() < local_world:
             problems.append(
@@ -41,16 +45,12 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
 
 
 def _dataset_checks(cfg: TrainConfig, host: str) -> list[str]:
-    from data_recipes.tokenizer import load_tokenizer
-    from train import data as data_mod
-    from train.dpo import check_objective
-
     try:
         manifest = data_mod.read_manifest(cfg.data.path)
         data_mod.check_manifest(
             manifest, load_tokenizer(cfg.model.tokenizer), cfg.data.path, cfg.data.max_seq_len
         )
-        check_objective(manifest, cfg.objective, cfg.data.path)
+        check_objective(manifest, cfg)
         data_mod.load_splits(cfg.data.path, cfg.data.train_split, cfg.data.eval_split)
     except (ValueError, OSError) as err:
         return [f"{host}: {err}"]
@@ -84,9 +84,6 @@ def _shared_dir_check(run_dir: Path, rank: int, world: int, barrier) -> list[str
 
 
 def _collective_check(world: int, device) -> tuple[list[str], float]:
-    import torch
-    import torch.distributed as dist
-
     ones = torch.ones(4, device=device)
     dist.all_reduce(ones)
     problems = (
@@ -105,15 +102,9 @@ def _collective_check(world: int, device) -> tuple[list[str], float]:
 
 
 def run_preflight(cfg: TrainConfig, config_path: str) -> int:
-    import torch
-    import torch.distributed as dist
-
-    on_gpu = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if on_gpu:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
-    backend = cfg.distributed.backend if cfg.distributed.backend != "auto" else ("nccl" if on_gpu else "gloo")
+    device = local_device()
+    on_gpu = device.type == "cuda"
+    backend = resolve_backend(cfg.distributed.backend, device)
     dist.init_process_group(backend, timeout=timedelta(minutes=cfg.distributed.timeout_minutes))
     rank, world = dist.get_rank(), dist.get_world_size()
     problems = _local_checks(cfg, config_path, rank, world, on_gpu)

@@ -31,8 +31,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from train import checkpoint as ckpt
 from train.data import MicroBatch, collate, eval_slices
+from train.distributed import on_rank0
+from train.fileio import write_json
 
 REFERENCE_DIR = "reference"
 FORMAT_VERSION = 1
@@ -100,7 +101,7 @@ class PrecomputedReference:
         folder = host.run_dir / REFERENCE_DIR
         meta = reference_meta(host)
         splits = {"train": host.train_ds, "eval": host.eval_ds}
-        reuse = host._on_rank0(lambda: _matches(folder, meta, splits))
+        reuse = on_rank0(lambda: _matches(folder, meta, splits), host.rank, host.world)
         if reuse:
             host._info(f"reference log-probs: reusing {folder}")
             return cls(
@@ -110,7 +111,7 @@ class PrecomputedReference:
         for name, dataset in splits.items():
             if dataset is not None:
                 tables[name] = compute_split(host, dataset, name)
-        host._on_rank0(lambda: _write(folder, tables, meta))
+        on_rank0(lambda: _write(folder, tables, meta), host.rank, host.world)
         return cls(tables)
 
 
@@ -180,7 +181,7 @@ def _write(folder: Path, tables: dict[str, tuple[np.ndarray, np.ndarray]], meta:
         tmp = folder / f".{name}.tmp-{os.getpid()}.safetensors"
         save_file({"logps": torch.from_numpy(logps), "row_offsets": torch.from_numpy(offsets)}, str(tmp))
         os.replace(tmp, folder / f"{name}.safetensors")
-    ckpt.write_json(folder / "meta.json", meta)
+    write_json(folder / "meta.json", meta)
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:

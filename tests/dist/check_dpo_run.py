@@ -57,7 +57,7 @@ def micro_loss(model, mb, cfg, pairs: float, chosen_tokens: float) -> torch.Tens
 
 
 def reference_grads(recipe, full_state: dict | None) -> dict | None:
-    rows = recipe.stream.rows(recipe.rows_consumed, recipe.layout.global_batch_size)
+    rows = recipe.stream.rows(recipe.progress.rows_consumed, recipe.layout.global_batch_size)
     vocab = recipe.hf_config.vocab_size
     micro = [collate(recipe.train_ds, r, vocab) for k in range(recipe.world) for r in rank_slices(rows, recipe.layout, k)]
     if recipe.rank != 0:

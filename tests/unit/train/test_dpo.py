@@ -158,13 +158,18 @@ def test_loss_and_rewards_equal_trl(scored, loss_type, smoothing, rpo):
 
 
 def test_objective_and_dataset_kind_must_agree():
-    with pytest.raises(ValueError, match="SFT dataset"):
-        check_objective({"kind": "sft"}, "dpo", "d")
-    with pytest.raises(ValueError, match="SFT dataset"):
-        check_objective({}, "dpo", "d")  # a dataset built before pairs existed
-    with pytest.raises(ValueError, match="objective: dpo"):
-        check_objective({"kind": "preference"}, "sft", "d")
-    check_objective({"kind": "preference"}, "dpo", "d")
+    from train.config import load_train_config
+
+    dpo = load_train_config(REPO_CONFIG, [])
+    sft = load_train_config(REPO_CONFIG, ["objective=sft"])
+    with pytest.raises(ValueError, match="is an SFT dataset"):
+        check_objective({"kind": "sft"}, dpo)
+    with pytest.raises(ValueError, match="is an SFT dataset"):
+        check_objective({}, dpo)  # a dataset built before pairs existed
+    with pytest.raises(ValueError, match="set objective: dpo"):
+        check_objective({"kind": "preference"}, sft)
+    assert check_objective({"kind": "preference"}, dpo) == {"kind": "preference"}
+    assert check_objective({"kind": "sft"}, sft) == {"kind": "sft"}
 
 
 @pytest.mark.parametrize(

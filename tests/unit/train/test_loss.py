@@ -18,7 +18,7 @@ from train.config import ScheduleConfig
 from train.data import MicroBatch
 from train.loss import backward_scale, micro_ce_sum, reference_loss
 from train.model import preset_config
-from train.runtime import LRSchedule
+from train.optim import LRSchedule
 
 
 def micro_batch(gen: torch.Generator, length: int, trained: int) -> MicroBatch:

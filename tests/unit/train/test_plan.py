@@ -10,7 +10,7 @@ from train.cli import main
 from train.config import load_train_config
 from train.plan import GB, memory_plans, model_shape
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CFG_70B = REPO / "configs" / "llama-3.1-70b-full.yaml"
 
 

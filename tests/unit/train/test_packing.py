@@ -24,7 +24,7 @@ from train.data import collate
 from train.loss import micro_ce_sum
 from train.model import preset_config
 
-SAMPLES = Path(__file__).resolve().parents[2] / "data_recipes" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "data_recipes" / "samples"
 
 
 def rendered_samples(tokenizer, n: int = 4):

@@ -89,7 +89,7 @@ def test_supervisor_forwards_sigusr1_and_returns_zero(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
         from train.launch import spawn_local
         sys.exit(spawn_local(2, ["-c", {CHILD!r}, {str(tmp_path)!r}]))
         """

@@ -12,7 +12,7 @@ from train.cli_train import settings_text
 from train.config import BatchConfig, TrainConfig, batch_layout, load_train_config
 from train.ds_config import build_ds_config, load_template, offloads_optimizer, offloads_params
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
 DS_TEMPLATES = sorted((REPO / "configs" / "deepspeed").glob("*.json"))
 HIDDEN = {"tiny": 64, "llama-3.1-8b": 4096, "llama-3.1-70b": 8192}

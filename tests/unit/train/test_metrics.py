@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 
 from train.config import LoggingConfig
-from train.metrics import FlopModel, MetricsWriter, format_summary, gpu_peak_tflops, plot_loss, read_metrics
+from train.metrics import (
+    FlopModel,
+    MetricsWriter,
+    Throughput,
+    format_summary,
+    gpu_peak_tflops,
+    plot_loss,
+    read_metrics,
+    run_summary,
+    step_record,
+)
 from train.model import param_counts, preset_config
+from train.progress import StepStats, TrainingProgress
 
 
 def test_flops_per_token_for_llama31_70b():
@@ -57,3 +68,39 @@ def test_wandb_requested_but_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ValueError, match="pip install wandb"):
         MetricsWriter(tmp_path, LoggingConfig(progress=False, tensorboard=False, wandb=True), 1, 0, {})
+
+
+def test_throughput_leaves_out_the_first_step_and_the_summary_reads_the_progress():
+    throughput = Throughput(world=2, peak_tflops=1.0)
+    for seconds, flops in ((10.0, 1e12), (2.0, 4e12), (2.0, 4e12)):  # step 1 is warm-up
+        throughput.add(seconds, flops)
+    progress = TrainingProgress(
+        step=3, rows_consumed=12, tokens_seen=300, trained_tokens_seen=30, last_loss=1.5
+    )
+    summary = run_summary("finished", progress, 3, 1.7, throughput, run_dir="RUN", world_size=2)
+    assert summary["steps_this_run"] == 3 and summary["mean_step_time_sec"] == 2.0
+    assert summary["tokens_per_sec_per_device"] == 25.0  # 100 tokens/step x 2 steps / 4 s / 2 ranks
+    assert summary["mfu"] == 1.0  # 8e12 FLOPs / 4 s / 2 ranks / 1 TFLOP/s
+    assert (summary["step"], summary["final_loss"], summary["eval_loss"]) == (3, 1.5, 1.7)
+    assert (summary["trained_tokens_seen"], summary["run_dir"]) == (30, "RUN")
+
+
+def test_step_record_columns():
+    stats = StepStats(
+        loss=2.0, grad_norm=0.5, lr=1e-3, tokens=200, trained_tokens=50, sum_sq_lengths=0, stop=False
+    )
+    record = step_record(7, stats, seconds=4.0, world=2, mfu=None, epoch=0.25)
+    assert list(record) == [
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens",
+        "trained_tokens",
+        "trained_fraction",
+        "step_time_sec",
+        "tokens_per_sec_per_device",
+        "mfu",
+        "epoch",
+    ]
+    assert record["trained_fraction"] == 0.25 and record["tokens_per_sec_per_device"] == 25.0
