@@ -191,6 +191,11 @@ def test_full_weight_reference_is_stored_and_reused_on_resume(full_dpo, tmp_path
     assert "reference log-probs: reusing" in text and "reference log-probs: train split" not in text
     after = steps(run)
     assert [after[s]["loss"] for s in (3, 4)] == [straight[s]["loss"] for s in (3, 4)]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint as consolidate
+
+    a, b = consolidate(str(latest(run)), tag="ds"), consolidate(str(latest(run_dir)), tag="ds")
+    assert latest(run).name == "step-00000004" and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # 2 + resume + 2 == 4 straight, bit for bit
 
 
 def test_objective_and_dataset_kind_mismatch_is_refused(pref_dataset, tmp_path, launcher):
