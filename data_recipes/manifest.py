@@ -7,17 +7,23 @@ Accounting identities (checked with ``assert`` before the manifest is written):
 * ``num_samples_in == num_inputs`` unless ``history: expand`` (one input → one sample per reply);
 * ``num_samples_out`` counts samples in the packed dataset with mixture repeats (train + validation);
   ``num_samples_selected`` counts the distinct kept samples the mixture chose.
+
+``ignored_fields`` (in total and per source) maps each non-empty input column that no reader used
+(metadata such as ``source`` or ``category``, a preference row's pair columns under a forced format)
+to the number of rows that had it, so no column disappears unannounced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from data_recipes.config_io import to_dict
 from data_recipes.mixture import MixtureConfig, config_hash
@@ -25,6 +31,20 @@ from data_recipes.tokenizer import template_fingerprint, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
 MAX_EXAMPLES = 5
+
+
+def content_hasher() -> xxhash.xxh3_128:
+    """The per-source content hash: XXH3-128 over every row's text as read, each followed by a NUL."""
+    return xxhash.xxh3_128()
+
+
+def content_fingerprint(per_source: dict[str, dict[str, Any]]) -> str:
+    """One hash of the dataset's inputs: every source's label, content hash and row count, in config
+    order. Two builds with the same fingerprint read the same rows (what training resume compares)."""
+    h = xxhash.xxh3_128()
+    for label, entry in per_source.items():
+        h.update(json.dumps([label, entry["content_hash"], entry["num_inputs"]]).encode() + b"\n")
+    return h.hexdigest()
 
 
 def columns(samples) -> dict[str, np.ndarray]:
@@ -35,7 +55,15 @@ def columns(samples) -> dict[str, np.ndarray]:
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
+    out["ignored"] = np.empty(len(table), dtype=object)
+    out["ignored"][:] = table.column("ignored").to_pylist()
     return out
+
+
+def ignored_fields(ignored: np.ndarray) -> dict[str, int]:
+    """Column name → number of rows in which no reader used it (sorted by count, then name)."""
+    counts = Counter(name for names in ignored for name in names)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _examples(idx: np.ndarray, samples, limit: int = MAX_EXAMPLES) -> tuple[list[str], list[str]]:
@@ -77,6 +105,28 @@ def enforce(
     raise ValueError(f"{why}: {int(limited.sum())} sample(s) would be dropped:\n" + "\n".join(lines))
 
 
+def require_training_samples(cfg: MixtureConfig, sel, samples) -> None:
+    """A build that would write no training sample (all weights / counts zero, every sample dropped)
+    is an error that says why, never an empty dataset and exit 0."""
+    if len(sel.train):
+        return
+    kept = int((sel.reason == "").sum())
+    summary = drop_summary(sel.reason, samples)
+    drops = "; ".join(
+        f"{name}: {n} (first: {summary['drop_details'][name][0]})" for name, n in summary["dropped"].items()
+    )
+    if len(sel.validation):
+        why = (
+            f"all {len(sel.validation)} selected sample(s) went to validation "
+            f"(validation_fraction: {cfg.validation_fraction:g}); lower it or add data"
+        )
+    elif kept:
+        why = f"{kept} sample(s) were kept, but the mixture selects none for training (weights / counts are zero?)"
+    else:
+        why = f"every one of the {len(sel.reason)} sample(s) was dropped ({drops})"
+    raise ValueError(f"the build would write an empty training set: {why}")
+
+
 def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
     tokens = int(cols["length"][records].sum())
     pairs = cols["chosen_length"][records] > 0
@@ -107,6 +157,7 @@ def _per_source(cfg, specs, inputs, cols, sel, samples) -> dict[str, Any]:
             "content_hash": inputs[s]["content_hash"], "num_inputs": inputs[s]["num_inputs"],
             "num_samples_in": int(mine.sum()), "num_samples_kept": int(kept.sum()),
             **drop_summary(sel.reason, samples, mine),
+            "ignored_fields": ignored_fields(cols["ignored"][mine]),
             "num_length_cut": int((kept & cols["cut"]).sum()),
             "num_samples_selected": int((cols["source"][sel.selected] == s).sum()),
             "num_samples_out": int((cols["source"][out_items] == s).sum()),
@@ -125,6 +176,7 @@ def make_manifest(
     num_rows = sum(s["num_rows"] for s in splits.values())
     num_tokens = sum(s["num_tokens"] for s in splits.values())
     totals = drop_summary(sel.reason, samples)
+    per_source = _per_source(cfg, specs, inputs, cols, sel, samples)
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": cfg.kind,  # preference: every sample is a chosen/rejected pair (two sequences per item)
@@ -139,6 +191,7 @@ def make_manifest(
         "num_samples_in": len(sel.reason),
         "num_samples_kept": int((sel.reason == "").sum()),
         **totals,
+        "ignored_fields": ignored_fields(cols["ignored"]),
         "num_samples_selected": len(sel.selected),
         "num_samples_out": len(sel.train) + len(sel.validation),
         "num_rows": num_rows,
@@ -146,7 +199,8 @@ def make_manifest(
         "num_trained_tokens": sum(s["num_trained_tokens"] for s in splits.values()),
         "packing_efficiency": num_tokens / (num_rows * cfg.max_seq_len) if num_rows else 1.0,
         "splits": splits,
-        "per_source": _per_source(cfg, specs, inputs, cols, sel, samples),
+        "per_source": per_source,
+        "content_fingerprint": content_fingerprint(per_source),
         "num_proc": num_proc,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(cfg),
@@ -165,7 +219,10 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / "manifest.json"
     if not path.is_file():
         raise ValueError(f"{dataset_dir}: no manifest.json (not a folder written by `hermes-sft data build`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err}); rebuild the dataset") from err
 
 
 def tables(manifest: dict[str, Any]) -> list:
@@ -193,6 +250,8 @@ def tables(manifest: dict[str, Any]) -> list:
         "tokenizer / template", f"{manifest['tokenizer_fingerprint']} / {manifest['template_fingerprint']}"
     )
     overview.add_row("config_hash", manifest["config_hash"])
+    if "content_fingerprint" in manifest:  # manifests of earlier builds lack it
+        overview.add_row("content_fingerprint", manifest["content_fingerprint"])
 
     per = Table(title="per source")
     for col in ("source", "recipe", "in", "kept", "dropped", "out", "val", "tokens", "trained", "cut"):
@@ -208,4 +267,18 @@ def tables(manifest: dict[str, Any]) -> list:
     drops.add_column("first offenders")
     for reason, count in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]):
         drops.add_row(reason, f"{count:,}", "\n".join(manifest["drop_details"].get(reason, [])[:3]))
-    return [overview, per, drops] if manifest["dropped"] else [overview, per]
+    out = [overview, per, drops] if manifest["dropped"] else [overview, per]
+    return out + ([_ignored_table(manifest)] if manifest.get("ignored_fields") else [])
+
+
+def _ignored_table(manifest: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title="input columns no reader used (ignored_fields)")
+    table.add_column("source")
+    table.add_column("column")
+    table.add_column("rows", justify="right")
+    for label, s in manifest["per_source"].items():
+        for name, count in s.get("ignored_fields", {}).items():
+            table.add_row(label, name, f"{count:,}")
+    return table

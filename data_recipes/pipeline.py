@@ -13,6 +13,7 @@ can run it in worker processes (each loads the tokenizer once).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,16 +21,17 @@ import numpy as np
 import xxhash
 from transformers import PreTrainedTokenizerBase
 
-from data_recipes.formats.detect import detect_format, to_conversation
-from data_recipes.messages import SampleError
+from data_recipes.formats.detect import detect_format, read_row
+from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
 from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
+from data_recipes.sources import NOT_UTF8
 from data_recipes.tokenizer import load_tokenizer
 
 RECORD_COLUMNS = (
     "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "digest_hi", "digest_lo", "chosen_length",
+    "length", "num_trained", "cut", "digest_hi", "digest_lo", "ignored", "chosen_length",
 )  # fmt: skip
 # chosen_length: 0 for an SFT sample; for a preference pair (data_recipes/preference.py) the length of
 # its chosen side, which the packer uses to restart positions at the rejected side.
@@ -71,6 +73,7 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
         "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
+        "ignored": [],
         "chosen_length": 0,
     }  # fmt: skip
 
@@ -84,31 +87,30 @@ def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> 
         "source": source, "origin": sample.origin, "format": fmt, "error": "", "detail": "",
         "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
+        "ignored": [],
         "chosen_length": 0,
     }  # fmt: skip
 
 
 def prepare_row(
     source: int, origin: str, raw: str, ctx: WorkerContext, tokenizer: PreTrainedTokenizerBase
-) -> tuple[str, list[Prepared | SampleError | Exception]]:
-    """The row's format and one prepared conversation (or error) per sample it yields."""
+) -> tuple[str, tuple[str, ...], list[Prepared | SampleError | Exception]]:
+    """The row's format, its ignored columns and one prepared conversation (or error) per sample."""
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+        row = parse_row(raw, origin)
         if rules.format == "auto":
             fmt = detect_format(row, origin)
-        _, conv = to_conversation(row, fmt, origin)
+        read = read_row(row, fmt, origin)
+        conv = read.conversation
         convs = expand_history(conv) if ctx.history == "expand" else [conv]
     except SampleError as err:
-        return fmt, [err]
+        return fmt, (), [err]
     except (AssertionError, KeyboardInterrupt):
         raise
     except Exception as err:
-        return fmt, [err]
+        return fmt, (), [err]
     policy: Literal["last", "keep"] = "keep" if ctx.history == "keep" else "last"
     prepare = RECIPES[rules.recipe]
     out: list[Prepared | SampleError | Exception] = []
@@ -121,7 +123,66 @@ def prepare_row(
             raise
         except Exception as err:
             out.append(err)
-    return fmt, out
+    return fmt, read.ignored, out
+
+
+def parse_row(raw: str, origin: str) -> Any:
+    """A raw row's JSON, or a :class:`SampleError`: ``invalid_utf8`` (:data:`sources.NOT_UTF8`),
+    ``malformed_json``, ``unencodable_text`` (:func:`check_encodable`). ``render`` uses it too."""
+    if raw.startswith(NOT_UTF8):
+        raise SampleError("invalid_utf8", raw.removeprefix(NOT_UTF8), origin)
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+    check_encodable(raw, row, origin)
+    return row
+
+
+# A JSON escape of a surrogate: rows without one (nearly all) skip the walk below. Literal surrogate
+# characters cannot reach here: sources.iter_rows turns undecodable bytes into NOT_UTF8 rows.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_encodable(raw: str, row: Any, origin: str) -> None:
+    """A row whose text cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``: valid JSON,
+    not valid text) is an ``unencodable_text`` drop here, before it reaches the tokenizer, whose batched
+    call would otherwise fail for the whole batch. The parsed row is walked only when the raw text
+    holds a surrogate escape (emoji pairs do; they encode fine)."""
+    if not SURROGATE_ESCAPE.search(raw):
+        return
+    stack: list[tuple[str, Any]] = [("row", row)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+            stack.extend((f"{where} key", k) for k in value)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                char = value[err.start].encode("unicode_escape").decode()
+                detail = f"lone surrogate {char} at char {err.start} of {where}: not encodable as UTF-8"
+                raise SampleError("unencodable_text", detail, origin) from None
+
+
+def render_guarded(
+    convs: list[Conversation], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
+) -> list[RenderedSample | SampleError]:
+    """:func:`render_batch`, with a batch that fails as a whole (the batched tokenizer call rejects one
+    text) retried one sample at a time, so the failure is that sample's ``tokenizer_error`` drop with
+    its origin, never a crashed build."""
+    try:
+        return render_batch(convs, tokenizer, options)
+    except (AssertionError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if len(convs) == 1:
+            detail = f"{type(err).__name__}: {err}"
+            return [SampleError("tokenizer_error", detail[:300], convs[0].origin)]
+        return [result for conv in convs for result in render_guarded([conv], tokenizer, options)]
 
 
 def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]:
@@ -129,8 +190,11 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
     tokenizer = get_tokenizer(ctx.tokenizer)
     slots: list[dict[str, Any] | None] = []
     pending: dict[tuple[bool, str], list[tuple[int, int, str, Prepared]]] = {}
+    ignored_at: dict[int, list[str]] = {}
     for source, origin, raw in zip(batch["source"], batch["origin"], batch["raw"], strict=True):
-        fmt, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        fmt, ignored, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        if ignored:  # counted once per row, on its first record (whatever its fate)
+            ignored_at[len(slots)] = list(ignored)
         for item in items:
             if isinstance(item, Prepared):
                 key = (item.thinking, item.policy)
@@ -140,7 +204,7 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
                 slots.append(_error_record(source, getattr(item, "origin", "") or origin, fmt, item))
     for (thinking, policy), group in pending.items():
         options = RenderOptions(thinking=thinking, history=policy, check=ctx.check)
-        results = render_batch([p.conv for *_, p in group], tokenizer, options)
+        results = render_guarded([p.conv for *_, p in group], tokenizer, options)
         for (slot, source, fmt, prep), result in zip(group, results, strict=True):
             if isinstance(result, SampleError):
                 slots[slot] = _error_record(source, prep.conv.origin, fmt, result)
@@ -155,4 +219,6 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
             slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns))
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
+    for slot, names in ignored_at.items():
+        records[slot]["ignored"] = names
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}

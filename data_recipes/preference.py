@@ -39,14 +39,24 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from data_recipes.formats.columns import is_empty
 from data_recipes.messages import Conversation, SampleError, conversation_from_openai
-from data_recipes.pipeline import RECORD_COLUMNS, WorkerContext, _error_record, _sample_record, get_tokenizer
+from data_recipes.pipeline import (
+    RECORD_COLUMNS,
+    WorkerContext,
+    _error_record,
+    _sample_record,
+    get_tokenizer,
+    parse_row,
+    render_guarded,
+)
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, apply_label_rules
-from data_recipes.render import RenderedSample, RenderOptions, render_batch
+from data_recipes.render import RenderedSample, RenderOptions
 
 PairFormat = Literal["prompt", "full"]
 SIDES = ("chosen", "rejected")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "tools")
 
 
 def pair_format(row: Any, origin: str = "") -> PairFormat:
@@ -138,27 +148,37 @@ def pair_record(source: int, fmt: str, chosen: RenderedSample, rejected: Rendere
     return record
 
 
+def ignored_columns(row: Any) -> list[str]:
+    """The row's non-empty columns that a pair does not use (for the manifest's ``ignored_fields``)."""
+    if not isinstance(row, dict):
+        return []
+    return sorted(str(k) for k, v in row.items() if k not in PAIR_COLUMNS and not is_empty(v))
+
+
 def _prepare_row(source: int, origin: str, raw: str, ctx: WorkerContext, tokenizer):
-    fmt = "unknown"
+    """(format, ignored columns, prepared pair or the error that drops the row)."""
+    fmt, ignored = "unknown", []
     try:
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+        row = parse_row(raw, origin)
+        ignored = ignored_columns(row)
         fmt, chosen, rejected = split_pair(row, origin)
-        return fmt, prepare_pair(ctx.sources[source].recipe, chosen, rejected, ctx, source, tokenizer)
+        return (
+            fmt,
+            ignored,
+            prepare_pair(ctx.sources[source].recipe, chosen, rejected, ctx, source, tokenizer),
+        )
     except (AssertionError, KeyboardInterrupt):
         raise
     except Exception as err:  # SampleError: a counted drop; anything else: counted as unexpected_error
-        return fmt, err
+        return fmt, ignored, err
 
 
 def _render_pairs(group, tokenizer, check: bool, slots: list) -> None:
     """Render every side of the group's pairs in one batch; fill each pair's slot with its record."""
     (thinking, policy), items = group
     options = RenderOptions(thinking=thinking, history=policy, check=check)
-    results = render_batch([p.conv for *_, pair in items for p in pair], tokenizer, options)
-    for k, (slot, source, fmt, pair) in enumerate(items):
+    results = render_guarded([p.conv for item in items for p in item[3]], tokenizer, options)
+    for k, (slot, source, fmt, pair, ignored) in enumerate(items):
         sides = []
         for side, prep, result in zip(SIDES, pair, results[2 * k : 2 * k + 2], strict=True):
             if isinstance(result, SampleError):
@@ -169,10 +189,12 @@ def _render_pairs(group, tokenizer, check: bool, slots: list) -> None:
                 err = SampleError("no_trained_tokens", f"the {side} side has no trained token", sample.origin)
                 break
             sides.append(sample)
-        if len(sides) == 2:
-            slots[slot] = pair_record(source, fmt, *sides)
-        else:
-            slots[slot] = _error_record(source, pair[0].conv.origin, fmt, err)
+        record = (
+            pair_record(source, fmt, *sides)
+            if len(sides) == 2
+            else _error_record(source, pair[0].conv.origin, fmt, err)
+        )
+        slots[slot] = {**record, "ignored": ignored}
 
 
 def process_pair_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]:
@@ -181,12 +203,12 @@ def process_pair_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, 
     slots: list[dict[str, Any] | None] = []
     groups: dict[tuple[bool, str], list] = {}
     for source, origin, raw in zip(batch["source"], batch["origin"], batch["raw"], strict=True):
-        fmt, result = _prepare_row(source, origin, raw, ctx, tokenizer)
+        fmt, ignored, result = _prepare_row(source, origin, raw, ctx, tokenizer)
         if isinstance(result, Exception):
-            slots.append(_error_record(source, origin, fmt, result))
+            slots.append({**_error_record(source, origin, fmt, result), "ignored": ignored})
             continue
         key = (result[0].thinking, result[0].policy)
-        groups.setdefault(key, []).append((len(slots), source, fmt, result))
+        groups.setdefault(key, []).append((len(slots), source, fmt, result, ignored))
         slots.append(None)
     for group in groups.items():
         _render_pairs(group, tokenizer, ctx.check, slots)

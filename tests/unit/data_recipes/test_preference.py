@@ -113,7 +113,7 @@ def test_both_prompt_formats_give_the_same_pair():
 
 def test_side_without_trained_tokens_and_overlong_pairs_are_dropped(tmp_path):
     rows = [
-        {"prompt": Q, "chosen": [A], "rejected": [B]},
+        {"prompt": Q, "chosen": [A], "rejected": [B], "score_chosen": 9.0, "prompt_id": ""},
         {"prompt": Q, "chosen": [{"role": "assistant", "content": "Paris. " * 60}], "rejected": [B]},
         {"prompt": Q, "chosen": [A], "rejected": [{"role": "assistant", "content": "<think>x</think>Rome."}]},
     ]
@@ -127,6 +127,7 @@ def test_side_without_trained_tokens_and_overlong_pairs_are_dropped(tmp_path):
     assert manifest["num_samples_kept"] == 1
     assert manifest["dropped"] == {"too_long": 1, "unexpected_reasoning": 1}
     assert "rejected side" in manifest["drop_details"]["unexpected_reasoning"][0]
+    assert manifest["ignored_fields"] == {"score_chosen": 1}  # UltraFeedback-style extras are reported
 
 
 def test_preference_config_refusals(tmp_path):
