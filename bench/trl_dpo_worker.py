@@ -61,41 +61,11 @@ def main() -> None:
     del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from transformers import TrainerCallback
 
     from data_recipes.tokenizer import load_tokenizer
-    from train.config import LORA_ALL_LINEAR
-    from train.model import preset_config
 
-    class PreTokenizedDPOTrainer(DPOTrainer):
-        """Takes the pairs already tokenized (our token ids), instead of re-rendering them from text."""
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset
-
-    tokenizer = load_tokenizer()
-    train = Dataset.from_list(trl_pairs(args.data))
-    dpo_args = DPOConfig(
-        output_dir=str(Path(args.out) / "trl-dpo-run"), max_steps=args.steps,
-        per_device_train_batch_size=args.pairs_per_micro, gradient_accumulation_steps=2, learning_rate=args.lr,
-        lr_scheduler_type="cosine", warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
-        max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, beta=0.1, loss_type=["sigmoid"],
-        max_length=None, remove_unused_columns=False, logging_steps=1, save_strategy="no", report_to=[],
-        seed=42, dataloader_num_workers=0, deepspeed=json.loads(Path(args.ds_config).read_text()),
-        accelerator_config={"use_configured_state": True}, disable_tqdm=True,
-    )  # fmt: skip
-    torch.manual_seed(42)
-    model = AutoModelForCausalLM.from_config(
-        preset_config("tiny"), dtype=torch.float32, attn_implementation="sdpa"
-    )
-    lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(LORA_ALL_LINEAR), task_type="CAUSAL_LM"
-    )
-    trainer = PreTokenizedDPOTrainer(
-        model=model, args=dpo_args, train_dataset=train, processing_class=tokenizer, peft_config=lora
-    )
+    trainer = make_trainer(args, Dataset.from_list(trl_pairs(args.data)), load_tokenizer())
     stamps: list[float] = []
     logs_seen: list[dict] = []
 
@@ -123,9 +93,45 @@ def main() -> None:
             "logs": logs_seen,
             "train_wall_sec": wall,
             "world_size": dist.get_world_size(),
-            "num_pairs": len(train),
+            "num_pairs": len(trainer.train_dataset),
         }
         (Path(args.out) / "trl_dpo.json").write_text(json.dumps(out, indent=2))
+
+
+def make_trainer(args, train, tokenizer):
+    """TRL's DPOTrainer with our settings (see the module docstring), on pre-tokenized pairs."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from train.config import LORA_ALL_LINEAR
+    from train.model import preset_config
+
+    class PreTokenizedDPOTrainer(DPOTrainer):
+        """Takes the pairs already tokenized (our token ids), instead of re-rendering them from text."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    dpo_args = DPOConfig(
+        output_dir=str(Path(args.out) / "trl-dpo-run"), max_steps=args.steps,
+        per_device_train_batch_size=args.pairs_per_micro, gradient_accumulation_steps=2, learning_rate=args.lr,
+        lr_scheduler_type="cosine", warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
+        max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, beta=0.1, loss_type=["sigmoid"],
+        max_length=None, remove_unused_columns=False, logging_steps=1, save_strategy="no", report_to=[],
+        seed=42, dataloader_num_workers=0, deepspeed=json.loads(Path(args.ds_config).read_text()),
+        accelerator_config={"use_configured_state": True}, disable_tqdm=True,
+    )  # fmt: skip
+    torch.manual_seed(42)
+    model = AutoModelForCausalLM.from_config(
+        preset_config("tiny"), dtype=torch.float32, attn_implementation="sdpa"
+    )
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(LORA_ALL_LINEAR), task_type="CAUSAL_LM"
+    )
+    return PreTokenizedDPOTrainer(
+        model=model, args=dpo_args, train_dataset=train, processing_class=tokenizer, peft_config=lora
+    )
 
 
 if __name__ == "__main__":

@@ -17,17 +17,9 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 from data_recipes.samples.make_samples import CAPITALS, CITIES, CONDITIONS, TOOLS
-
-OUT = Path(__file__).parent
-
-
-def _write(name: str, rows: list[dict]) -> None:
-    with open(OUT / name, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+from data_recipes.samples.make_samples import _write as write_rows  # one JSONL writer for the samples
 
 
 def reasoning_pairs(rng: random.Random, n: int = 24) -> list[dict]:
@@ -102,9 +94,9 @@ def tool_pairs(rng: random.Random, n: int = 16) -> list[dict]:
 
 def main() -> None:
     rng = random.Random(11)
-    _write("preference_reasoning.jsonl", reasoning_pairs(rng))
-    _write("preference_plain.jsonl", plain_pairs(rng))
-    _write("preference_tools.jsonl", tool_pairs(rng))
+    files = {"reasoning": reasoning_pairs, "plain": plain_pairs, "tools": tool_pairs}
+    for name, make in files.items():
+        write_rows(f"preference_{name}.jsonl", make(rng))
 
 
 if __name__ == "__main__":
