@@ -89,6 +89,7 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
         ("output_dir", str(Path(cfg.output_dir).resolve())),
         ("model", model),
         ("lora", lora),
+        ("objective", objective_text(cfg)),
         ("data", f"{cfg.data.path} (max_seq_len {cfg.data.max_seq_len or 'from manifest'})"),
         (
             "batch",
@@ -123,3 +124,13 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}} = {v}" for k, v in rows)
+
+
+def objective_text(cfg: TrainConfig) -> str:
+    if cfg.objective != "dpo":
+        return "sft (cross-entropy on trained tokens)"
+    d = cfg.dpo
+    reference = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
+    extra = f", label_smoothing {d.label_smoothing:g}" if d.label_smoothing else ""
+    extra += f", rpo_alpha {d.rpo_alpha:g}" if d.rpo_alpha else ""
+    return f"dpo ({d.loss_type}, beta {d.beta:g}{extra}; reference {reference})"

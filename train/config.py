@@ -236,6 +236,40 @@ class DistributedConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimization (``objective: dpo``) on a ``kind: preference`` dataset."""
+
+    beta: float = 0.1
+    """Strength of the implicit KL penalty to the reference model (the rewards are beta x log-ratio)."""
+    loss_type: Literal["sigmoid", "ipo", "robust"] = "sigmoid"
+    """sigmoid: DPO (Rafailov et al.); ipo: IPO, squared loss on the per-token-averaged log-ratio margin
+    (TRL's normalization); robust: rDPO, unbiased under ``label_smoothing`` flipped labels."""
+    label_smoothing: float = 0.0
+    """robust only: assumed fraction of pairs whose preference is flipped, in [0, 0.5)."""
+    rpo_alpha: float = 0.0
+    """Weight of an SFT term on the chosen side (RPO: NLL over the global batch's chosen trained tokens,
+    token-normalized like the SFT loss). 0 = off."""
+    reference: Literal["auto", "adapter", "precomputed"] = "auto"
+    """Reference log-probs. adapter (LoRA only): the same model with the adapter disabled, one extra
+    forward per micro-batch and no second copy of the weights. precomputed: one pass over the dataset
+    with the initial weights before training, stored in RUN_DIR/reference/ and reused on resume.
+    auto = adapter with LoRA, precomputed for full weights."""
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "robust":
+            raise ValueError(
+                f"dpo.label_smoothing applies to dpo.loss_type=robust (rDPO), not {self.loss_type}; "
+                "set dpo.loss_type=robust or dpo.label_smoothing=0"
+            )
+        if self.rpo_alpha < 0:
+            raise ValueError(f"dpo.rpo_alpha must be >= 0, got {self.rpo_alpha}")
+
+
+@dataclass
 class TrainConfig:
     """A training run: what to train, on what data, how, and where to write it."""
 
@@ -250,6 +284,11 @@ class TrainConfig:
     """Steps and learning-rate schedule."""
     seed: int = 42
     """Seed for weight init (presets), data order and dropout."""
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: cross-entropy on the trained tokens of an SFT dataset. dpo: preference optimization on a
+    ``kind: preference`` dataset (settings in ``dpo``; see docs/training.md)."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO settings (used when ``objective: dpo``)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
     """Global / micro batch sizes."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -264,6 +303,25 @@ class TrainConfig:
     """Metrics, eval cadence, progress."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """DeepSpeed / collectives."""
+
+    def __post_init__(self) -> None:
+        if self.objective == "dpo" and self.dpo.reference == "adapter" and not self.lora.enabled:
+            raise ValueError(
+                "dpo.reference=adapter needs lora.enabled=true (the reference is the model with its adapter "
+                "disabled); use dpo.reference=precomputed (or auto) for full fine-tuning"
+            )
+        # The DPO objective sums each side's log-probs over whole rows in one LM-head call (train/dpo.py):
+        # it neither splits a row over an SP group nor tiles the head, so those settings would be ignored.
+        if self.objective == "dpo" and self.distributed.sequence_parallel > 1:
+            raise ValueError(
+                f"objective: dpo with distributed.sequence_parallel={self.distributed.sequence_parallel} is not "
+                "supported (a pair's log-probs need whole rows on one rank): set distributed.sequence_parallel: 1"
+            )
+        if self.objective == "dpo" and self.loss.tile_tokens:
+            raise ValueError(
+                f"objective: dpo computes the trained positions' logits at once; loss.tile_tokens="
+                f"{self.loss.tile_tokens} applies to the SFT loss only: set loss.tile_tokens: 0"
+            )
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -27,6 +27,12 @@ worth (one tile of ``hidden_size`` tokens) and costs one more MLP forward (+2 x 
 per token).
 Step time = tokens x (6N + 12 L d S) / (G x peak x MFU); the attention term uses the full row length,
 an upper bound for packed rows of shorter samples. SP's all-to-all time is not modelled.
+
+``objective: dpo``: a row holds whole pairs (both sides), so memory per micro-batch is the SFT figure.
+The reference costs compute, not memory: with the adapter-disabled reference (LoRA) every micro-batch
+runs one more no-grad forward (+2N FLOPs per token, its activations freed layer by layer); with a
+precomputed reference, one no-grad pass over the dataset before the first step (2N per dataset token)
+and ~16 bytes per pair on disk.
 """
 
 from __future__ import annotations
@@ -284,18 +290,64 @@ def time_lines(
 ) -> list[str]:
     tokens = cfg.batch.global_batch_size * seq
     k = 6 if not cfg.lora.enabled else 4
+    reference = dpo_reference(cfg)
+    k += 2 if reference == "adapter" else 0  # the adapter-disabled reference forward
     flops_per_token = k * shape.total + 12 * shape.layers * shape.hidden * seq
     if cfg.model.tiled_mlp:  # TiledMLP recomputes each MLP forward once more in its backward
         flops_per_token += 2 * 3 * shape.hidden * shape.ffn * shape.layers
     step = tokens * flops_per_token / (gpus * args.gpu_tflops * 1e12 * args.mfu)
     total_h = step * cfg.schedule.steps / 3600
+    extra = dpo_lines(cfg, args, shape, gpus, seq, reference) if reference else []
     return [
+        *extra,
         f"tokens per step: {tokens:,} ({cfg.batch.global_batch_size} rows x {seq:,}); "
-        f"{flops_per_token / 1e9:,.1f} GFLOP per token ({k}N + 12 L d S)",
+        f"{flops_per_token / 1e9:,.1f} GFLOP per token ({k}N + 12 L d S"
+        f"{', incl. 2N reference forward' if reference == 'adapter' else ''})",
         f"step time at {args.mfu:.0%} MFU of {args.gpu_tflops:g} TFLOP/s: {step:.1f} s; "
         f"{cfg.schedule.steps:,} steps: {total_h:.1f} h ({total_h * gpus:,.0f} GPU-hours); "
         f"{tokens / step / gpus:,.0f} tokens/s per GPU",
     ]
+
+
+def dpo_reference(cfg: TrainConfig) -> str | None:
+    """``adapter`` / ``precomputed`` for ``objective: dpo``, None for SFT."""
+    if cfg.objective != "dpo":
+        return None
+    if cfg.dpo.reference != "auto":
+        return cfg.dpo.reference
+    return "adapter" if cfg.lora.enabled else "precomputed"
+
+
+def dpo_lines(
+    cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape, gpus: int, seq: int, reference: str
+) -> list[str]:
+    """What DPO adds: pairs per step (from the manifest when built) and the reference's cost."""
+    manifest_path = Path(cfg.data.path) / "manifest.json"
+    m = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    lines = [
+        f"objective: dpo ({cfg.dpo.loss_type}, beta {cfg.dpo.beta:g}); both sides of a pair share a packed row"
+    ]
+    if m.get("kind") == "preference" and m.get("num_rows"):
+        pairs = sum(s.get("num_pairs", 0) for s in m["splits"].values())
+        lines.append(
+            f"pairs: {pairs:,} in {m['num_rows']:,} rows ({pairs / m['num_rows']:.1f} per row, "
+            f"~{pairs / m['num_rows'] * cfg.batch.global_batch_size:,.0f} per step)"
+        )
+    if reference == "adapter":
+        lines.append(
+            "reference: the model with its LoRA adapter disabled (no second copy; +2N FLOPs per token)"
+        )
+    else:
+        dataset_tokens = m.get("num_tokens")
+        if dataset_tokens:
+            hours = dataset_tokens * 2 * shape.total / (gpus * args.gpu_tflops * 1e12 * args.mfu) / 3600
+            when = f"{dataset_tokens:,} dataset tokens x 2N: {hours:.2f} h"
+        else:
+            when = "2N FLOPs per dataset token (build the dataset for an estimate)"
+        lines.append(
+            f"reference: precomputed once before step 1 into RUN_DIR/reference/ ({when}); reused on resume"
+        )
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

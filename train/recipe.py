@@ -24,6 +24,7 @@ from train import data as data_mod
 from train import sequence_parallel as sp_mod
 from train.config import BatchLayout, TrainConfig, batch_layout, config_as_dict
 from train.distributed import all_reduce_sum, local_device, on_rank0, quiet_deepspeed, resolve_backend
+from train.dpo import DPOObjective, check_objective
 from train.ds_config import build_ds_config, load_template
 from train.fileio import write_json
 from train.lora import adapter_config, apply_lora, lora_state, write_adapter
@@ -87,6 +88,7 @@ class SFTRecipe:
         self.flop_model: FlopModel | None = None
         # outcome
         self.metrics: MetricsWriter | None = None  # rank 0 only
+        self.objective: DPOObjective | None = None  # objective: dpo (train/dpo.py); None = the SFT loss
         self.throughput = Throughput(world=1, peak_tflops=None)
         self.eval_loss: float | None = None
         self.resumed_from: Path | None = None
@@ -109,6 +111,7 @@ class SFTRecipe:
         self.fingerprint = model_fingerprint(self.hf_config, self.cfg.lora)
         resume_from = self._resolve_resume()
         self._setup_engine(resume_from)
+        self.objective = DPOObjective(self) if self.cfg.objective == "dpo" else None
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         on_rank0(self._write_run_files, self.rank, self.world)
@@ -122,7 +125,7 @@ class SFTRecipe:
     def _read_inputs(self) -> None:
         """The dataset manifest and the DeepSpeed template: plain file reads, done before distributed init
         so a wrong path fails at once with its own message."""
-        self.manifest = data_mod.read_manifest(self.cfg.data.path)
+        self.manifest = check_objective(data_mod.read_manifest(self.cfg.data.path), self.cfg)
         self.ds_template = load_template(self.cfg.distributed.deepspeed, self.config_dir)
 
     def _setup_distributed(self) -> None:
@@ -299,6 +302,8 @@ class SFTRecipe:
     def accumulate(self, micro_batches: list[data_mod.MicroBatch]) -> StepStats:
         """Forward + backward of every micro-batch with the global token normalization (train/loss.py).
         Gradients are reduced and partitioned when it returns; the weights are not updated yet."""
+        if self.objective is not None:  # DPO: the pair-normalized loss (train/dpo.py)
+            return self.objective.accumulate(micro_batches)
         local_trained = sum(mb.num_trained for mb in micro_batches)
         global_trained = int(all_reduce_sum(self.device, [local_trained])[0])
         scale = backward_scale(self.world, global_trained)
@@ -357,8 +362,8 @@ class SFTRecipe:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Token-level eval loss on the eval split (every rank runs the same number of forwards)."""
-        if self.eval_ds is None:
-            return None
+        if self.eval_ds is None or self.objective is not None:  # DPO: train/dpo.py evaluates the pairs
+            return None if self.eval_ds is None else self.objective.evaluate()
         self.engine.eval()
         ce, n = 0.0, 0
         vocab = self.hf_config.vocab_size
