@@ -41,6 +41,7 @@ from data_recipes.mixture import MixtureConfig, check_inputs, sample_counts, spl
 from data_recipes.outdir import check_out, owned_output
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
 from data_recipes.pipeline import RECORD_COLUMNS, SourceRules, WorkerContext, get_tokenizer, process_batch
+from data_recipes.preference import process_pair_batch, sequence_lengths
 from data_recipes.sources import SourceSpec, iter_rows, resolve
 
 RAW_SCHEMA = pa.schema([("source", pa.int32()), ("origin", pa.string()), ("raw", pa.large_string())])
@@ -142,6 +143,7 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
             "digest_hi": datasets.Value("int64"),
             "digest_lo": datasets.Value("int64"),
             "ignored": datasets.List(datasets.Value("string")),
+            "chosen_length": datasets.Value("int32"),
         }
     )
     assert list(features) == list(RECORD_COLUMNS)
@@ -153,7 +155,7 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
     )
     raw = datasets.Dataset.from_file(str(raw_path))
     return raw.map(
-        process_batch,
+        process_pair_batch if cfg.kind == "preference" else process_batch,
         batched=True,
         batch_size=MAP_BATCH_ROWS,
         num_proc=num_proc if num_proc > 1 and len(raw) > MAP_BATCH_ROWS else None,
@@ -228,40 +230,44 @@ def pack_split(
 
 
 def packed_batches(
-    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray
+    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray, chosen: np.ndarray
 ) -> Iterator[pa.RecordBatch]:
-    """Stage 5: packed rows as Arrow record batches, built with takes and offsets (no per-token loop)."""
+    """Stage 5: packed rows as Arrow record batches, built with takes and offsets (no per-token loop).
+    A preference pair is one record and two sequences (positions restart at its rejected side)."""
     ids_col, labels_col = samples.data.column("input_ids"), samples.data.column("labels")
     for first in range(0, plan.num_rows, WRITE_BATCH_ROWS):
         last = min(first + WRITE_BATCH_ROWS, plan.num_rows)
         lo, hi = plan.row_offsets[first], plan.row_offsets[last]
         rec = records[lo:hi]
         lens = lengths[rec].astype(np.int64)
+        seq_lens, seqs_per_record = sequence_lengths(lens, chosen[rec])
         row_samples = plan.row_offsets[first : last + 1] - lo
         token_offsets = np.concatenate([[0], np.cumsum(lens)])[row_samples].astype(np.int32)
+        seq_offsets = np.concatenate([[0], np.cumsum(seqs_per_record)])[row_samples].astype(np.int32)
         take = pa.array(rec, pa.int64())
         ids = pa.concat_arrays(ids_col.take(take).chunks).flatten()
         labels = pa.concat_arrays(labels_col.take(take).chunks).flatten()
-        starts = np.repeat(np.cumsum(lens) - lens, lens)
-        positions = (np.arange(int(lens.sum())) - starts).astype(np.int32)
+        starts = np.repeat(np.cumsum(seq_lens) - seq_lens, seq_lens)
+        positions = (np.arange(int(seq_lens.sum())) - starts).astype(np.int32)
         columns = [
             pa.ListArray.from_arrays(token_offsets, ids),
             pa.ListArray.from_arrays(token_offsets, labels),
             pa.ListArray.from_arrays(token_offsets, pa.array(positions)),
-            pa.ListArray.from_arrays(row_samples.astype(np.int32), pa.array(lens.astype(np.int32))),
+            pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lens.astype(np.int32))),
         ]
         yield pa.record_batch(columns, schema=PACKED_SCHEMA)
 
 
 def write_split(
-    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray, path: Path, progress: bool
+    samples, plan: PackPlan, records: np.ndarray, cols: dict[str, np.ndarray], path: Path, progress: bool
 ):
     import datasets
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as writer:
         writer.write_table(PACKED_SCHEMA.empty_table())
         total = -(-plan.num_rows // WRITE_BATCH_ROWS)
-        for batch in tqdm(packed_batches(samples, plan, records, lengths), total=total, desc=f"write {path.stem}",
+        batches = packed_batches(samples, plan, records, cols["length"], cols["chosen_length"])
+        for batch in tqdm(batches, total=total, desc=f"write {path.stem}",
                           unit=" chunks", disable=not progress):  # fmt: skip
             writer.write_batch(batch)
     return datasets.Dataset.from_file(str(path))
@@ -335,7 +341,7 @@ def run_stages(
     timings["select_pack_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for name, (plan, records) in plans.items():
-        splits[name] = write_split(samples, plan, records, cols["length"], work / f"{name}.arrow", progress)
+        splits[name] = write_split(samples, plan, records, cols, work / f"{name}.arrow", progress)
     empty = {name: 1 for name, split in splits.items() if len(split) == 0}  # one (empty) shard, loadable
     datasets.DatasetDict(splits).save_to_disk(str(staging), num_shards=empty)
     timings["write_s"] = time.perf_counter() - t

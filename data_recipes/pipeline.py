@@ -31,8 +31,10 @@ from data_recipes.tokenizer import load_tokenizer
 
 RECORD_COLUMNS = (
     "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "digest_hi", "digest_lo", "ignored",
+    "length", "num_trained", "cut", "digest_hi", "digest_lo", "ignored", "chosen_length",
 )  # fmt: skip
+# chosen_length: 0 for an SFT sample; for a preference pair (data_recipes/preference.py) the length of
+# its chosen side, which the packer uses to restart positions at the rejected side.
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
         "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
         "ignored": [],
+        "chosen_length": 0,
     }  # fmt: skip
 
 
@@ -85,6 +88,7 @@ def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> 
         "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
         "ignored": [],
+        "chosen_length": 0,
     }  # fmt: skip
 
 

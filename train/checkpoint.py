@@ -37,6 +37,7 @@ from data_recipes.outdir import DiskFullError
 from train import checksums
 from train.distributed import all_gather_objects
 from train.fileio import fsync_dir, write_json
+from train.safe_load import SafeCheckpointLoading
 
 CHECKPOINTS, LATEST, STATE_FILE, DS_TAG = "checkpoints", "latest", "hermes_state.json", "ds"
 STOP_FILE = "STOP"
@@ -220,6 +221,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         states = [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["cuda"]]
         torch.cuda.set_rng_state_all(states)
+
+
+def load_checkpoint(engine, ckpt: Path, rank: int, strict: bool) -> dict[str, Any]:
+    """Load ``ckpt`` into the DeepSpeed engine and this rank's RNG; returns its ``hermes_state.json``.
+
+    Every file ``engine.load_checkpoint`` opens (model, optimizer and scheduler states) goes through
+    :class:`SafeCheckpointLoading`: DeepSpeed's own checkpoint engine unpickles with ``weights_only=False``,
+    i.e. runs whatever a tampered file says."""
+    if not isinstance(engine.checkpoint_engine, SafeCheckpointLoading):
+        engine.checkpoint_engine = SafeCheckpointLoading(engine.checkpoint_engine)
+    load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=strict)
+    if load_path is None:
+        raise ValueError(f"{ckpt}: DeepSpeed could not load the checkpoint (is {ckpt}/{DS_TAG} complete?)")
+    restore_rng(ckpt, rank)
+    return read_state(ckpt)
 
 
 def restore_rng(ckpt: Path, rank: int) -> None:
