@@ -121,6 +121,8 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
             "length": datasets.Value("int32"),
             "num_trained": datasets.Value("int32"),
             "cut": datasets.Value("bool"),
+            "fallback": datasets.Value("bool"),
+            "audited": datasets.Value("bool"),
             "digest_hi": datasets.Value("int64"),
             "digest_lo": datasets.Value("int64"),
         }
@@ -130,7 +132,8 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
         sources=tuple(SourceRules(s.format, s.recipe or "", s.options) for s in cfg.sources),
         history=cfg.history,
         tokenizer=cfg.tokenizer,
-        check=cfg.check,
+        check=cfg.check_mode,
+        check_rate=cfg.check_rate,
     )
     raw = datasets.Dataset.from_file(str(raw_path))
     return raw.map(

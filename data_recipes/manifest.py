@@ -30,7 +30,7 @@ def columns(samples) -> dict[str, np.ndarray]:
     """The per-sample columns selection needs, as numpy arrays (no token lists)."""
     table = samples.data
     out = {}
-    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut"):
+    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "fallback", "audited"):
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
@@ -144,6 +144,12 @@ def make_manifest(
         "packing_efficiency": num_tokens / (num_rows * cfg.max_seq_len) if num_rows else 1.0,
         "splits": splits,
         "per_source": _per_source(cfg, specs, inputs, cols, sel, samples),
+        "render": {
+            "check": cfg.check_mode,
+            "check_rate": cfg.check_rate if cfg.check_mode == "sample" else None,
+            "num_audited": int(cols["audited"].sum()),
+            "num_fallback": int(cols["fallback"].sum()),
+        },
         "num_proc": num_proc,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(cfg),

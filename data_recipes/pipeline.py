@@ -2,7 +2,8 @@
 
 For each raw row: parse JSON → normalize (:mod:`data_recipes.formats`) → split per reply under
 ``expand`` → recipe check (:mod:`data_recipes.recipes`) → render + tokenize (one batched tokenizer
-call per render setting) → post-render label rules → content digest. A row that fails anywhere
+call per render setting) → the audit on its share of samples (:mod:`data_recipes.checks`; a failure
+stops the build) → post-render label rules → content digest. A row that fails anywhere
 becomes one record with an ``error`` reason and no tokens, so every input is accounted for; a row
 that ``expand`` splits becomes several records.
 
@@ -20,6 +21,7 @@ import numpy as np
 import xxhash
 from transformers import PreTrainedTokenizerBase
 
+from data_recipes.checks import CheckMode, audit, is_audited
 from data_recipes.formats.detect import detect_format, to_conversation
 from data_recipes.messages import SampleError
 from data_recipes.recipes import Prepared, RecipeOptions, apply_label_rules, prepare
@@ -27,7 +29,7 @@ from data_recipes.render import RenderedSample, RenderOptions, expand_history, r
 
 RECORD_COLUMNS = (
     "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "digest_hi", "digest_lo",
+    "length", "num_trained", "cut", "fallback", "audited", "digest_hi", "digest_lo",
 )  # fmt: skip
 
 
@@ -45,7 +47,10 @@ class WorkerContext:
     sources: tuple[SourceRules, ...]
     history: Literal["last", "expand", "keep"]
     tokenizer: str | None
-    check: bool = True
+    check: CheckMode = "sample"
+    """``sample``: cheap checks on every sample + the audit on a deterministic share (``check_rate``);
+    ``full``: the audit on every sample; ``off``: no checks."""
+    check_rate: float = 0.01
 
 
 _EMPTY = np.zeros(0, dtype=np.int32)  # typed, so a batch of only failures still has int32 lists
@@ -68,18 +73,20 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
         reason, detail = "unexpected_error", f"{type(err).__name__}: {err}"
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
-        "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
+        "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "fallback": False,
+        "audited": False, "digest_hi": 0, "digest_lo": 0,
     }  # fmt: skip
 
 
-def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> dict[str, Any]:
+def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool, audited: bool) -> dict[str, Any]:
     ids = np.asarray(sample.input_ids, dtype=np.int32)
     labels = np.asarray(sample.labels, dtype=np.int32)
     digest = xxhash.xxh3_128_intdigest(ids.tobytes() + b"|" + labels.tobytes())
     hi, lo = digest >> 64, digest & ((1 << 64) - 1)
     return {
         "source": source, "origin": sample.origin, "format": fmt, "error": "", "detail": "",
-        "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
+        "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": int((labels != -100).sum()),
+        "cut": cut, "fallback": sample.fallback, "audited": audited,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
     }  # fmt: skip
 
@@ -134,9 +141,17 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
             else:
                 slots.append(_error_record(source, getattr(item, "origin", "") or origin, fmt, item))
     for (thinking, policy), group in pending.items():
-        options = RenderOptions(thinking=thinking, history=policy, check=ctx.check)
+        options = RenderOptions(thinking=thinking, history=policy, check=ctx.check != "off")
         results = render_batch([p.conv for *_, p in group], tokenizer, options)
-        for (slot, source, fmt, prep), result in zip(group, results, strict=True):
+        audited = [
+            isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
+        ]
+        audit(
+            [(p.conv, r) for (*_, p), r, a in zip(group, results, audited, strict=True) if a],
+            tokenizer,
+            options,
+        )
+        for (slot, source, fmt, prep), result, checked in zip(group, results, audited, strict=True):
             if isinstance(result, SampleError):
                 slots[slot] = _error_record(source, prep.conv.origin, fmt, result)
                 continue
@@ -147,7 +162,7 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
                 )
                 slots[slot] = _error_record(source, sample.origin, fmt, err)
                 continue
-            slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns))
+            slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns), checked)
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}

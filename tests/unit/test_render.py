@@ -214,11 +214,11 @@ def _tampered(tokenizer, row, **edits):
         ("ids_not_from_text", "retokenize_mismatch"),
         ("trained_token", "trained_span_mismatch"),
         ("no_bos", "bos_invariant"),
-        ("nothing_trained", "no_trained_tokens"),
+        ("nothing_trained", "label_mismatch"),  # labels that are not the ones the spans give
     ],
 )
 def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
-    from data_recipes.render import check_invariants
+    from data_recipes.checks import check_invariants
 
     good = run(TOOL)
     ids, labels = list(good.input_ids), list(good.labels)
@@ -244,7 +244,7 @@ def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
 
 def _expect(tokenizer, conv, sample, reason):
     from data_recipes.messages import SampleError
-    from data_recipes.render import check_invariants
+    from data_recipes.checks import check_invariants
 
     with pytest.raises(SampleError) as info:
         check_invariants(sample, conv, tokenizer, RenderOptions())
@@ -252,7 +252,8 @@ def _expect(tokenizer, conv, sample, reason):
 
 
 def test_prompt_tail_needs_a_string_prefix_and_a_token_boundary(tokenizer):
-    from data_recipes.render import RenderedSample, _prompt_tail
+    from data_recipes.checks import _prompt_tail
+    from data_recipes.render import RenderedSample
 
     text = "<|begin_of_text|>hello world"
     enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
