@@ -243,8 +243,8 @@ def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
 
 
 def _expect(tokenizer, conv, sample, reason):
-    from data_recipes.messages import SampleError
     from data_recipes.checks import check_invariants
+    from data_recipes.messages import SampleError
 
     with pytest.raises(SampleError) as info:
         check_invariants(sample, conv, tokenizer, RenderOptions())
