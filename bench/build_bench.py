@@ -21,11 +21,18 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
+
+from data_recipes.build import build
+from data_recipes.formats.detect import to_conversation
+from data_recipes.mixture import load_mixture
+from data_recipes.render import RenderOptions, render_text
+from data_recipes.tokenizer import load_tokenizer
 
 WORDS = [
     "model", "token", "packing", "gradient", "schema", "reasoning", "answer", "budget", "sample", "value",
@@ -59,9 +66,6 @@ def conversations(n: int, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def bench_ours(folder: Path, num_proc: int, check: bool) -> tuple[float, float, int]:
-    from data_recipes.build import build
-    from data_recipes.mixture import load_mixture
-
     cfg = load_mixture(folder / "mix.yaml", [f"check={str(check).lower()}"])
     t = time.perf_counter()
     result = build(cfg, folder / f"out-{check}", num_proc=num_proc, progress=False)
@@ -71,9 +75,6 @@ def bench_ours(folder: Path, num_proc: int, check: bool) -> tuple[float, float, 
 
 
 def bench_raw(rows: list[dict], tokenizer) -> tuple[float, int]:
-    from data_recipes.formats.detect import to_conversation
-    from data_recipes.render import RenderOptions, render_text
-
     texts = []
     for row in rows:
         _, conv = to_conversation(row, "openai", "")
@@ -112,9 +113,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import datasets
-
-    from data_recipes.tokenizer import load_tokenizer
+    import datasets  # after HF_DATASETS_OFFLINE is set: datasets reads it at import
 
     datasets.disable_progress_bars()
     reasoning, plain = conversations(args.n, args.seed)
@@ -147,8 +146,6 @@ def main() -> None:
 
 def raw_in_subprocess(rows: list[dict]) -> tuple[float, int]:
     """The raw encode in a fresh process, so the Rust thread pool is not disabled by earlier forks."""
-    import subprocess
-
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     repo = str(Path(__file__).resolve().parents[1])

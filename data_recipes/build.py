@@ -36,9 +36,10 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from data_recipes import manifest as mf
 from data_recipes.mixture import MixtureConfig, sample_counts, split_validation
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
-from data_recipes.pipeline import SourceRules, WorkerContext, process_batch
+from data_recipes.pipeline import RECORD_COLUMNS, SourceRules, WorkerContext, get_tokenizer, process_batch
 from data_recipes.sources import SourceSpec, iter_rows, resolve
 
 RAW_SCHEMA = pa.schema([("source", pa.int32()), ("origin", pa.string()), ("raw", pa.large_string())])
@@ -106,8 +107,6 @@ def _write_raw(
 def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int, progress: bool):
     """Stage 2: the parallel map from raw rows to sample records (a memory-mapped Dataset)."""
     import datasets
-
-    from data_recipes.pipeline import RECORD_COLUMNS
 
     features = datasets.Features(
         {
@@ -263,51 +262,20 @@ def build(
     """Run the whole build; raises ``ValueError`` for user errors (bad source, ``--strict`` drops)."""
     import datasets
 
-    from data_recipes import manifest as mf
-    from data_recipes.pipeline import get_tokenizer
-
     out = Path(out_dir)
     specs = preflight(cfg, out, overwrite)
     tokenizer = get_tokenizer(cfg.tokenizer)  # fails early on a bad tokenizer path
     num_proc = num_proc or default_num_proc()
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
-    work = staging / ".work"
     if staging.exists():
         shutil.rmtree(staging)
-    work.mkdir(parents=True)
-    timings: dict[str, float] = {}
+    (staging / ".work").mkdir(parents=True)
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
-        t = time.perf_counter()
-        inputs = read_sources(specs, work / "raw.arrow", progress)
-        timings["read_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
-        timings["render_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        cols = mf.columns(samples)
-        sel = select(cfg, cols)
-        mf.enforce(cfg, sel.reason, cols, samples, strict)
-        splits, plans = {}, {}
-        for salt, (name, items) in enumerate((("train", sel.train), ("validation", sel.validation))):
-            plans[name] = pack_split(items, cols["length"], cfg, salt)
-        timings["select_pack_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for name, (plan, records) in plans.items():
-            splits[name] = write_split(
-                samples, plan, records, cols["length"], work / f"{name}.arrow", progress
-            )
-        empty = {name: 1 for name, split in splits.items() if len(split) == 0}  # one (empty) shard, loadable
-        datasets.DatasetDict(splits).save_to_disk(str(staging), num_shards=empty)
-        timings["write_s"] = time.perf_counter() - t
-        manifest = mf.make_manifest(
-            cfg, specs, inputs, cols, sel, plans, samples, tokenizer, num_proc, timings
-        )
-        mf.write_manifest(manifest, staging / "manifest.json")
-        del samples, splits
-        shutil.rmtree(work)
+        manifest, timings = run_stages(cfg, specs, staging, tokenizer, num_proc, strict, progress)
+        shutil.rmtree(staging / ".work")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -318,3 +286,43 @@ def build(
         if bars_were_on:
             datasets.enable_progress_bars()
     return BuildResult(manifest=manifest, out_dir=out, timings=timings)
+
+
+def run_stages(
+    cfg: MixtureConfig,
+    specs: list[SourceSpec],
+    staging: Path,
+    tokenizer,
+    num_proc: int,
+    strict: bool,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Stages 1-5 into ``staging`` (scratch files in ``staging/.work``), then the manifest; returns it
+    and the stage timings."""
+    import datasets
+
+    work = staging / ".work"
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    inputs = read_sources(specs, work / "raw.arrow", progress)
+    timings["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
+    timings["render_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cols = mf.columns(samples)
+    sel = select(cfg, cols)
+    mf.enforce(cfg, sel.reason, cols, samples, strict)
+    splits, plans = {}, {}
+    for salt, (name, items) in enumerate((("train", sel.train), ("validation", sel.validation))):
+        plans[name] = pack_split(items, cols["length"], cfg, salt)
+    timings["select_pack_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for name, (plan, records) in plans.items():
+        splits[name] = write_split(samples, plan, records, cols["length"], work / f"{name}.arrow", progress)
+    empty = {name: 1 for name, split in splits.items() if len(split) == 0}  # one (empty) shard, loadable
+    datasets.DatasetDict(splits).save_to_disk(str(staging), num_shards=empty)
+    timings["write_s"] = time.perf_counter() - t
+    manifest = mf.make_manifest(cfg, specs, inputs, cols, sel, plans, samples, tokenizer, num_proc, timings)
+    mf.write_manifest(manifest, staging / "manifest.json")
+    return manifest, timings

@@ -138,8 +138,25 @@ def _check_batch(
             history = replace(conv, messages=conv.messages[:turn])
             prompts.append(render_text(history, options, add_generation_prompt=True)[0])
             owners.append((slot, turn))
-    decoded = iter(tokenizer.backend_tokenizer.decode_batch(decode_jobs, skip_special_tokens=False))
     by_slot = {slot: (conv, sample, offsets) for slot, conv, sample, offsets in items}
+    failures += _check_trained_spans(runs_of, decode_jobs, by_slot, tokenizer, options)
+    failures += _check_prompt_prefixes(owners, prompts, by_slot, tokenizer, {slot for slot, _ in failures})
+    return failures
+
+
+_BySlot = dict[int, tuple[Conversation, RenderedSample, list[tuple[int, int]]]]
+
+
+def _check_trained_spans(
+    runs_of: dict[int, list[tuple[int, int]]],
+    decode_jobs: list[list[int]],
+    by_slot: _BySlot,
+    tokenizer: PreTrainedTokenizerBase,
+    options: RenderOptions,
+) -> list[tuple[int, SampleError]]:
+    """Decoded trained runs (one batched decode) against :func:`assistant_body` + EOT per trained turn."""
+    failures = []
+    decoded = iter(tokenizer.backend_tokenizer.decode_batch(decode_jobs, skip_special_tokens=False))
     for slot, runs in runs_of.items():
         conv = by_slot[slot][0]
         got = [next(decoded) for _ in runs]
@@ -147,7 +164,18 @@ def _check_batch(
         if got != expected:
             detail = f"decoded trained spans {got!r} != {expected!r}"
             failures.append((slot, SampleError("trained_span_mismatch", detail, conv.origin)))
-    failed = {slot for slot, _ in failures}
+    return failures
+
+
+def _check_prompt_prefixes(
+    owners: list[tuple[int, int]],
+    prompts: list[str],
+    by_slot: _BySlot,
+    tokenizer: PreTrainedTokenizerBase,
+    failed: set[int],
+) -> list[tuple[int, SampleError]]:
+    """Each trained turn's inference prompt is a token prefix of its render (slots in ``failed`` skip)."""
+    failures = []
     tails = [
         _prompt_tail(by_slot[slot][1], by_slot[slot][2], prompt)
         for (slot, _), prompt in zip(owners, prompts, strict=True)

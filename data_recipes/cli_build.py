@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from data_recipes.build import build, default_num_proc
+from data_recipes.manifest import tables
+from data_recipes.mixture import load_mixture
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="mixture config YAML (see configs/data/sample.yaml)")
@@ -19,10 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from data_recipes.build import build, default_num_proc
-    from data_recipes.manifest import tables
-    from data_recipes.mixture import load_mixture
 
     cfg = load_mixture(args.config, args.overrides)
     num_proc = args.num_proc or default_num_proc()

@@ -10,6 +10,10 @@ import argparse
 
 import numpy as np
 
+from data_recipes.highlight import highlight_tokens, legend, use_color
+from data_recipes.manifest import read_manifest
+from data_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="folder written by `hermes-sft data build`")
@@ -38,10 +42,6 @@ def describe_row(row: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from datasets import load_from_disk
-
-    from data_recipes.highlight import highlight_tokens, legend, use_color
-    from data_recipes.manifest import read_manifest
-    from data_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     manifest = read_manifest(args.dataset)
     data = load_from_disk(args.dataset)

@@ -11,6 +11,7 @@ from pathlib import Path
 from data_recipes.cli_render import add_render_arguments, render_file, render_options
 from data_recipes.highlight import highlight_tokens, legend, use_color
 from data_recipes.messages import SampleError
+from data_recipes.tokenizer import load_tokenizer
 
 SHOWCASE = Path(__file__).with_name("samples") / "showcase.jsonl"
 
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_recipes.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer)
     color = use_color() if args.color is None else args.color
     print(legend(color))

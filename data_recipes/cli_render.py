@@ -17,6 +17,7 @@ from typing import Any
 from data_recipes.messages import SampleError, conversation_from_openai, load_json
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
 from data_recipes.sources import iter_rows, resolve
+from data_recipes.tokenizer import load_tokenizer
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_recipes.tokenizer import load_tokenizer
-
     options = render_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
     rows, samples, dropped = 0, 0, Counter()

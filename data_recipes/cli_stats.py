@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from data_recipes.manifest import read_manifest, tables
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="folder written by `hermes-sft data build`")
@@ -14,8 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from data_recipes.manifest import read_manifest, tables
 
     manifest = read_manifest(args.dataset)
     if args.json:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from data_recipes.tokenizer import HERMES_TAGS, load_tokenizer, save_tokenizer, tokenizer_fingerprint
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
@@ -18,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_recipes.tokenizer import HERMES_TAGS, load_tokenizer, save_tokenizer, tokenizer_fingerprint
-
     tokenizer = load_tokenizer(args.base)
     out = save_tokenizer(tokenizer, args.out)
     tags = ", ".join(f"{tag}={i}" for tag, i in HERMES_TAGS.items())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from data_recipes.config_io import to_dict
 from data_recipes.mixture import MixtureConfig, config_hash
@@ -38,8 +39,6 @@ def columns(samples) -> dict[str, np.ndarray]:
 
 
 def _examples(idx: np.ndarray, samples, limit: int = MAX_EXAMPLES) -> tuple[list[str], list[str]]:
-    import pyarrow as pa
-
     take = pa.array(idx[:limit], pa.int64())
     origins = samples.data.column("origin").take(take).to_pylist()
     details = samples.data.column("detail").take(take).to_pylist()

@@ -40,9 +40,12 @@ from typing import Literal
 import numpy as np
 
 from data_recipes.config_io import load_config, to_dict
-from data_recipes.recipes import RecipeName, RecipeOptions
+from data_recipes.formats.detect import FORMAT_NAMES
+from data_recipes.recipes import RecipeName
+from data_recipes.recipes.common import RecipeOptions
 
-FormatName = Literal["auto", "openai", "sharegpt", "hermes_fc"]
+# The config field type, derived from the one list of formats (config_io checks a Literal's values).
+FormatName = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
 
 
 @dataclass

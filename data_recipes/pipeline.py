@@ -24,8 +24,10 @@ from transformers import PreTrainedTokenizerBase
 from data_recipes.checks import CheckMode, audit, is_audited
 from data_recipes.formats.detect import detect_format, to_conversation
 from data_recipes.messages import SampleError
-from data_recipes.recipes import Prepared, RecipeOptions, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
 from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
+from data_recipes.tokenizer import load_tokenizer
 
 RECORD_COLUMNS = (
     "source", "origin", "format", "error", "detail", "input_ids", "labels",
@@ -60,8 +62,6 @@ _TOKENIZERS: dict[str | None, PreTrainedTokenizerBase] = {}
 def get_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
     """The tokenizer, loaded once per process."""
     if path not in _TOKENIZERS:
-        from data_recipes.tokenizer import load_tokenizer
-
         _TOKENIZERS[path] = load_tokenizer(path)
     return _TOKENIZERS[path]
 
@@ -113,10 +113,11 @@ def prepare_row(
     except Exception as err:
         return fmt, [err]
     policy: Literal["last", "keep"] = "keep" if ctx.history == "keep" else "last"
+    prepare = RECIPES[rules.recipe]
     out: list[Prepared | SampleError | Exception] = []
     for c in convs:
         try:
-            out.append(prepare(rules.recipe, c, rules.options, policy, tokenizer))
+            out.append(prepare(c, rules.options, policy, tokenizer))
         except SampleError as err:
             out.append(err)
         except AssertionError:

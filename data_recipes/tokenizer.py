@@ -19,6 +19,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -213,8 +214,6 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLik
     config.update(chat_template=template, add_bos_token=False, add_eos_token=False)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return out

@@ -20,7 +20,7 @@ import jsonschema
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, SampleError
-from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
+from data_recipes.recipes.common import Prepared, RecipeOptions, thinking_flag, trained
 
 FENCE_RE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.DOTALL)
 WRAP_RE = re.compile(r"^<json_output>(.*?)</json_output>$", re.DOTALL)

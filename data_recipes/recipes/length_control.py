@@ -8,7 +8,8 @@ cut may merge with the following newline, so the in-context count can differ by 
 
 In a sample with a cut, only the ``</think>`` token and the ``<|eot_id|>`` of each cut turn carry
 loss (Hermes 4 §3.1: the truncated reasoning is off-policy text, the answer is context). Samples under
-the budget keep the normal mask. Conversations without reasoning are ``missing_reasoning``.
+the budget keep the normal mask. Conversations without reasoning are ``missing_reasoning``. The mask
+is applied after rendering, by :func:`~data_recipes.recipes.common.restrict_cut_labels`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation
-from data_recipes.recipes import Prepared, RecipeOptions, require_reasoning, thinking_flag, trained
-from data_recipes.render import IGNORE_INDEX, RenderedSample, trained_runs
-from data_recipes.tokenizer import EOT_ID, THINK_CLOSE_ID
+from data_recipes.recipes.common import Prepared, RecipeOptions, require_reasoning, thinking_flag
 
 
 def cut_reasoning(text: str, budget: int, tokenizer: PreTrainedTokenizerBase) -> str | None:
@@ -54,21 +53,3 @@ def prepare(
             cut_turns.append(i)
     conv = replace(conv, messages=tuple(messages))
     return Prepared(conv, thinking_flag(conv, options, default=True), policy, tuple(cut_turns))
-
-
-def restrict_labels(sample: RenderedSample, prepared: Prepared) -> RenderedSample:
-    """Keep only ``</think>`` and the closing ``<|eot_id|>`` of each cut turn trained."""
-    turns = trained(prepared.conv, prepared.policy)
-    runs = trained_runs(sample.labels)
-    assert len(runs) == len(turns), (
-        f"{sample.origin}: {len(runs)} trained runs for {len(turns)} trained turns"
-    )
-    labels = [IGNORE_INDEX] * len(sample.labels)
-    ids = sample.input_ids
-    for (start, end), turn in zip(runs, turns, strict=True):
-        if turn not in prepared.cut_turns:
-            continue
-        close = ids.index(THINK_CLOSE_ID, start, end)
-        assert ids[end - 1] == EOT_ID, f"{sample.origin}: a trained turn does not end with <|eot_id|>"
-        labels[close], labels[end - 1] = THINK_CLOSE_ID, EOT_ID
-    return replace(sample, labels=labels, spans=[])

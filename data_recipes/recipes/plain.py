@@ -12,7 +12,7 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, SampleError
-from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
+from data_recipes.recipes.common import Prepared, RecipeOptions, thinking_flag, trained
 
 
 def prepare(

@@ -13,7 +13,7 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation
-from data_recipes.recipes import Prepared, RecipeOptions, require_reasoning, thinking_flag
+from data_recipes.recipes.common import Prepared, RecipeOptions, require_reasoning, thinking_flag
 
 
 def prepare(

@@ -12,7 +12,7 @@ the format by example):
 * with ``require_call`` (default), at least one call somewhere (``no_tool_call``).
 
 Tool results are never trained: ``tool`` turns are masked by the template, and results inside a
-reasoning block by :func:`~data_recipes.recipes.mask_inline_tool_responses`.
+reasoning block by :func:`~data_recipes.recipes.common.mask_inline_tool_responses`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, SampleError, load_json
-from data_recipes.recipes import Prepared, RecipeOptions, thinking_flag, trained
+from data_recipes.recipes.common import Prepared, RecipeOptions, thinking_flag, trained
 
 INLINE_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 

@@ -8,7 +8,8 @@ import pytest
 
 from data_recipes.formats.detect import to_conversation
 from data_recipes.messages import SampleError
-from data_recipes.recipes import RecipeOptions, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import RecipeOptions, apply_label_rules
 from data_recipes.recipes.length_control import cut_reasoning
 from data_recipes.render import render_batch
 from data_recipes.tokenizer import EOT_ID, THINK_CLOSE_ID
@@ -22,7 +23,7 @@ def conv(messages, tools=()):
 
 
 def run(recipe, c, tokenizer, policy="last", **options):
-    prepared = prepare(recipe, c, RecipeOptions(**options), policy, tokenizer)
+    prepared = RECIPES[recipe](c, RecipeOptions(**options), policy, tokenizer)
     (sample,) = render_batch([prepared.conv], tokenizer, prepared.options)
     assert not isinstance(sample, SampleError), sample
     return prepared, apply_label_rules(sample, prepared)
@@ -34,7 +35,7 @@ def trained_text(tokenizer, sample):
 
 def reason_of(recipe, c, tokenizer, **options):
     with pytest.raises(SampleError) as err:
-        prepare(recipe, c, RecipeOptions(**options), "last", tokenizer)
+        RECIPES[recipe](c, RecipeOptions(**options), "last", tokenizer)
     assert err.value.origin == "t:1"
     return err.value.reason
 
@@ -63,7 +64,7 @@ def test_reasoning_checks_every_trained_turn_under_keep(tokenizer):
     c = conv([U, P, {"role": "user", "content": "Sure?"}, R])
     assert run("reasoning", c, tokenizer)[0].thinking  # `last`: only the final reply is trained
     with pytest.raises(SampleError) as err:
-        prepare("reasoning", c, RecipeOptions(), "keep", tokenizer)
+        RECIPES["reasoning"](c, RecipeOptions(), "keep", tokenizer)
     assert err.value.reason == "missing_reasoning"
 
 

@@ -4,6 +4,7 @@ inference-prompt prefix, parity with apply_chat_template's assistant mask)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
@@ -60,22 +61,9 @@ def conversations(draw):
     return {"messages": msgs, "tools": tools}
 
 
-def trained_runs(sample):
-    runs, start = [], None
-    for i, label in enumerate([*sample.labels, IGNORE_INDEX]):
-        if label != IGNORE_INDEX and start is None:
-            start = i
-        elif label == IGNORE_INDEX and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs
-
-
 def expected_body(msg: dict) -> str:
     reasoning = (msg.get("reasoning_content") or "").strip()
     head = f"<think>\n{reasoning}\n</think>\n" if reasoning else ""
-    import json
-
     pieces = [msg["content"].strip()] if (msg.get("content") or "").strip() else []
     pieces += [
         "<tool_call>\n"
@@ -92,7 +80,7 @@ def expected_body(msg: dict) -> str:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(row=conversations(), thinking=st.booleans(), history=st.sampled_from(["last", "keep", "expand"]))
-def test_invariants_hold_for_generated_conversations(tokenizer, row, thinking, history):
+def test_invariants_hold_for_generated_conversations(tokenizer, trained_texts, row, thinking, history):
     conv = conversation_from_openai(row, "generated")
     options = RenderOptions(thinking=thinking, history=history)
     samples = render_all(conv, tokenizer, options)
@@ -109,7 +97,7 @@ def test_invariants_hold_for_generated_conversations(tokenizer, row, thinking, h
     trained_msgs = [
         m for i, m in enumerate(msgs) if m["role"] == "assistant" and (history == "keep" or i > last_user)
     ]
-    decoded = [tokenizer.decode(final.input_ids[a:b]) for a, b in trained_runs(final)]
+    decoded = trained_texts(final)
     assert decoded == [expected_body(m) for m in trained_msgs]
     # The inference prompt (history + generation prompt) is a token prefix of the training render.
     policy = replace(options, history="last" if history == "expand" else history)

@@ -15,11 +15,12 @@ from data_recipes.build import build
 from data_recipes.formats.detect import to_conversation
 from data_recipes.messages import SampleError
 from data_recipes.mixture import load_mixture
-from data_recipes.recipes import RecipeOptions, apply_label_rules, prepare
+from data_recipes.recipes import RECIPES
+from data_recipes.recipes.common import RecipeOptions, apply_label_rules
 from data_recipes.render import render_batch
 from data_recipes.tokenizer import BOS_ID
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BAD = REPO / "tests" / "data" / "bad" / "bad.yaml"
 SAMPLES = REPO / "data_recipes" / "samples"
 
@@ -78,9 +79,8 @@ def test_strict_and_overlong_error(tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
 
 
-def test_missing_source_fails_before_work(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("sources:\n  - {path: nope.jsonl, recipe: plain}\n")
+def test_missing_source_fails_before_work(tmp_path, write_config):
+    cfg = write_config("sources:\n  - {path: nope.jsonl, recipe: plain}\n")
     with pytest.raises(ValueError, match=r"nope\.jsonl: file not found"):
         do_build(tmp_path, cfg)
     assert not list(tmp_path.glob("out*"))
@@ -108,7 +108,7 @@ def reference_samples(tokenizer, files_and_recipes):
         for line in path.read_text().splitlines():
             try:
                 _, conv = to_conversation(json.loads(line), "auto", "x")
-                prepared = prepare(recipe, conv, RecipeOptions(), "last", tokenizer)
+                prepared = RECIPES[recipe](conv, RecipeOptions(), "last", tokenizer)
             except SampleError:
                 continue
             (s,) = render_batch([prepared.conv], tokenizer, prepared.options)
@@ -176,15 +176,14 @@ def test_sample_config_mixing_counts(tmp_path):
     assert sum(len(r) for r in data["train"]["seq_lengths"]) == manifest["splits"]["train"]["num_samples"]
 
 
-def test_expand_counts_inputs_and_samples_separately(tmp_path):
+def test_expand_counts_inputs_and_samples_separately(tmp_path, write_config, write_jsonl):
     rows = [
         {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"},
                       {"role": "user", "content": "and?"}, {"role": "assistant", "content": f"b{i}"}]}
         for i in range(4)
     ] + [{"nothing": 1}]  # fmt: skip
-    (tmp_path / "multi.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
+    write_jsonl("multi.jsonl", rows)
+    cfg = write_config(
         "history: expand\nvalidation_fraction: 0\nmax_seq_len: 1024\nsources:\n  - {path: multi.jsonl, recipe: plain}\n"
     )
     manifest, data = do_build(tmp_path, cfg)

@@ -33,15 +33,8 @@ class Cfg:
     sources: list[Source] = field(default_factory=list)
 
 
-def write(tmp_path, text):
-    p = tmp_path / "c.yaml"
-    p.write_text(text)
-    return p
-
-
-def test_loads_nested_and_applies_dotted_overrides(tmp_path):
-    p = write(
-        tmp_path,
+def test_loads_nested_and_applies_dotted_overrides(write_config):
+    p = write_config(
         "# test config\nsteps: 5\noptim:\n  lr: 2.0e-5\nsources:\n  - path: a.jsonl\n    weight: 2\n",
     )
     cfg = load_config(Cfg, p, ["optim.lr=1e-4", "history=keep", "tokenizer=null"])
@@ -62,15 +55,15 @@ def test_loads_nested_and_applies_dotted_overrides(tmp_path):
         ("steps: [1\n", [], "invalid YAML"),
     ],
 )
-def test_rejects_bad_configs_with_file_and_key(tmp_path, text, overrides, message):
-    p = write(tmp_path, text)
+def test_rejects_bad_configs_with_file_and_key(write_config, text, overrides, message):
+    p = write_config(text)
     with pytest.raises(ConfigError, match=message) as info:
         load_config(Cfg, p, overrides)
     assert str(info.value).startswith((f"{p}: ", "override "))
 
 
-def test_yaml11_exponent_strings_are_numbers(tmp_path):
-    assert load_config(Cfg, write(tmp_path, "optim:\n  lr: 1e-5\n")).optim.lr == 1e-5
+def test_yaml11_exponent_strings_are_numbers(write_config):
+    assert load_config(Cfg, write_config("optim:\n  lr: 1e-5\n")).optim.lr == 1e-5
 
 
 def test_missing_file(tmp_path):

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from data_recipes.messages import conversation_from_openai
-from data_recipes.render import IGNORE_INDEX, RenderOptions, expand_history, render, render_all
+from data_recipes.checks import _prompt_tail, check_invariants
+from data_recipes.messages import SampleError, conversation_from_openai, to_template_messages
+from data_recipes.render import (
+    IGNORE_INDEX,
+    RenderedSample,
+    RenderOptions,
+    expand_history,
+    render,
+    render_all,
+)
 
 PLAIN = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
 REASONING = {
@@ -41,28 +50,16 @@ MULTI = {
 }
 
 
-def run(row, **opts):
-    return render(conversation_from_openai(row), tok(), RenderOptions(**opts))
-
-
-_TOK = {}
-
-
-def tok():
-    return _TOK["t"]
-
-
-@pytest.fixture(autouse=True)
-def _bind_tokenizer(tokenizer):
-    _TOK["t"] = tokenizer
+def run(row, tokenizer, **opts):
+    return render(conversation_from_openai(row), tokenizer, RenderOptions(**opts))
 
 
 def trained_positions(sample):
     return [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
 
 
-def test_golden_plain():
-    s = run(PLAIN)
+def test_golden_plain(tokenizer):
+    s = run(PLAIN, tokenizer)
     assert s.input_ids == [
         128000, 128006, 9125, 128007, 271, 2675, 527, 95063, 11, 3549, 555, 48109, 8483, 13, 128009,
         128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 198, 9906, 0, 128009,
@@ -71,8 +68,8 @@ def test_golden_plain():
     assert all(s.labels[i] == s.input_ids[i] for i in trained_positions(s))
 
 
-def test_golden_reasoning():
-    s = run(REASONING)
+def test_golden_reasoning(tokenizer):
+    s = run(REASONING, tokenizer)
     assert s.input_ids == [
         128000, 128006, 9125, 128007, 271, 3513, 10015, 13, 128009, 128006, 882, 128007, 271, 17, 10, 17, 30,
         128009, 128006, 78191, 128007, 198, 128013, 198, 2261, 627, 128014, 198, 19, 128009,
@@ -80,8 +77,8 @@ def test_golden_reasoning():
     assert trained_positions(s) == list(range(22, 30))  # <think> … </think>\n4<|eot_id|>; header "\n" masked
 
 
-def test_golden_tool_calling():
-    s = run(TOOL)
+def test_golden_tool_calling(tokenizer):
+    s = run(TOOL, tokenizer)
     user_on = s.input_ids.index(882) - 1
     assert s.input_ids[user_on:] == [
         128006, 882, 128007, 271, 11087, 128009,
@@ -96,8 +93,8 @@ def test_golden_tool_calling():
     assert 128017 not in trained, "tool results must be masked"
 
 
-def test_golden_multi_turn_last_policy():
-    s = run(MULTI)
+def test_golden_multi_turn_last_policy(tokenizer):
+    s = run(MULTI, tokenizer)
     assert s.input_ids == [
         128000, 128006, 9125, 128007, 271, 50, 128009, 128006, 882, 128007, 271, 64, 128009,
         128006, 78191, 128007, 198, 65, 128009, 128006, 882, 128007, 271, 66, 128009,
@@ -106,26 +103,15 @@ def test_golden_multi_turn_last_policy():
     assert trained_positions(s) == list(range(29, 37))
 
 
-def decoded_trained(tokenizer, sample):
-    out, run_ids = [], []
-    for i, label in enumerate([*sample.labels, IGNORE_INDEX]):
-        if label != IGNORE_INDEX:
-            run_ids.append(sample.input_ids[i])
-        elif run_ids:
-            out.append(tokenizer.decode(run_ids))
-            run_ids = []
-    return out
-
-
-def test_history_policies(tokenizer):
+def test_history_policies(tokenizer, trained_texts):
     conv = conversation_from_openai(MULTI)
     keep = render(conv, tokenizer, RenderOptions(history="keep"))
-    assert decoded_trained(tokenizer, keep) == [
+    assert trained_texts(keep) == [
         "<think>\nr\n</think>\nb<|eot_id|>",
         "<think>\ns\n</think>\nd<|eot_id|>",
     ]
     expanded = render_all(conv, tokenizer, RenderOptions(history="expand"))
-    assert [decoded_trained(tokenizer, s) for s in expanded] == [
+    assert [trained_texts(s) for s in expanded] == [
         ["<think>\nr\n</think>\nb<|eot_id|>"],
         ["<think>\ns\n</think>\nd<|eot_id|>"],
     ]
@@ -134,9 +120,9 @@ def test_history_policies(tokenizer):
     assert expanded[1].input_ids == render(conv, tokenizer, RenderOptions()).input_ids
 
 
-def test_tool_reply_is_one_trained_reply_under_last(tokenizer):
-    s = run(TOOL)
-    assert decoded_trained(tokenizer, s) == [
+def test_tool_reply_is_one_trained_reply_under_last(tokenizer, trained_texts):
+    s = run(TOOL, tokenizer)
+    assert trained_texts(s) == [
         '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|eot_id|>',
         "Done<|eot_id|>",
     ]
@@ -151,10 +137,8 @@ SHOWCASE_ROWS = [PLAIN, REASONING, TOOL, MULTI]
 @pytest.mark.parametrize("row", SHOWCASE_ROWS, ids=["plain", "reasoning", "tool", "multi"])
 def test_apply_chat_template_reproduces_ids_and_mask(tokenizer, row, thinking, history):
     """TRL's assistant_only_loss path (return_assistant_tokens_mask) gives exactly our labels."""
-    s = run(row, thinking=thinking, history=history)
+    s = run(row, tokenizer, thinking=thinking, history=history)
     conv = conversation_from_openai(row)
-    from data_recipes.messages import to_template_messages
-
     out = tokenizer.apply_chat_template(
         to_template_messages(conv),
         tools=list(conv.tools) or None,
@@ -173,7 +157,7 @@ def test_string_arguments_round_trip_through_raw_openai_messages(tokenizer):
     raw = json.loads(json.dumps(TOOL))
     raw["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"x": 1}'
     ids = tokenizer.apply_chat_template(raw["messages"], tools=raw["tools"], tokenize=True, return_dict=False)
-    assert ids == run(TOOL).input_ids
+    assert ids == run(TOOL, tokenizer).input_ids
 
 
 def test_template_default_marks_every_turn_rendered_as_generated(tokenizer):
@@ -200,11 +184,9 @@ def test_template_default_marks_every_turn_rendered_as_generated(tokenizer):
 
 
 def _tampered(tokenizer, row, **edits):
-    from dataclasses import replace as dc_replace
-
     conv = conversation_from_openai(row, "t.jsonl:1")
     sample = render(conv, tokenizer, RenderOptions())
-    return conv, dc_replace(sample, **edits)
+    return conv, replace(sample, **edits)
 
 
 @pytest.mark.parametrize(
@@ -218,9 +200,7 @@ def _tampered(tokenizer, row, **edits):
     ],
 )
 def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
-    from data_recipes.checks import check_invariants
-
-    good = run(TOOL)
+    good = run(TOOL, tokenizer)
     ids, labels = list(good.input_ids), list(good.labels)
     text = good.text
     if edit == "prompt_token":  # the user turn reads "Hi", so the inference prompt (with "Go") is no prefix
@@ -243,18 +223,12 @@ def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
 
 
 def _expect(tokenizer, conv, sample, reason):
-    from data_recipes.checks import check_invariants
-    from data_recipes.messages import SampleError
-
     with pytest.raises(SampleError) as info:
         check_invariants(sample, conv, tokenizer, RenderOptions())
     assert info.value.reason == reason
 
 
 def test_prompt_tail_needs_a_string_prefix_and_a_token_boundary(tokenizer):
-    from data_recipes.checks import _prompt_tail
-    from data_recipes.render import RenderedSample
-
     text = "<|begin_of_text|>hello world"
     enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
     sample = RenderedSample(enc.ids, [IGNORE_INDEX] * len(enc.ids), text)

@@ -21,13 +21,8 @@ MULTI = {
 }
 
 
-def write_jsonl(path, lines):
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
-
-
-def test_render_writes_one_json_line_per_sample(tmp_path, capsys, tokenizer):
-    src = write_jsonl(tmp_path / "in.jsonl", [GOOD, MULTI])
+def test_render_writes_one_json_line_per_sample(write_jsonl, capsys, tokenizer):
+    src = write_jsonl("in.jsonl", [GOOD, MULTI])
     assert main(["render", str(src), "--history", "expand"]) == 0
     out, err = capsys.readouterr()
     lines = [json.loads(line) for line in out.splitlines()]
@@ -44,9 +39,9 @@ def test_render_writes_one_json_line_per_sample(tmp_path, capsys, tokenizer):
     assert "rendered 3 samples from 2 rows; dropped 0" in err
 
 
-def test_render_reports_bad_rows_with_file_line_and_reason(tmp_path, capsys):
+def test_render_reports_bad_rows_with_file_line_and_reason(write_jsonl, capsys):
     bad_role = {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}
-    src = write_jsonl(tmp_path / "in.jsonl", [GOOD, "{not json", bad_role, GOOD])
+    src = write_jsonl("in.jsonl", [GOOD, "{not json", bad_role, GOOD])
     assert main(["render", str(src)]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
@@ -59,8 +54,8 @@ def test_render_reports_bad_rows_with_file_line_and_reason(tmp_path, capsys):
     assert f"{src}:2: malformed_json" in capsys.readouterr().err
 
 
-def test_render_flags_thinking_and_keep_cots(tmp_path, capsys):
-    src = write_jsonl(tmp_path / "in.jsonl", [MULTI])
+def test_render_flags_thinking_and_keep_cots(write_jsonl, capsys):
+    src = write_jsonl("in.jsonl", [MULTI])
     assert main(["render", str(src), "--thinking", "--keep-cots"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["text"].count("You are a deep thinking AI") == 1 and "<think>\nr\n</think>\nb" in line["text"]
@@ -99,8 +94,8 @@ def test_tokenizer_command_writes_the_three_files(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_console_script_runs(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [GOOD])
+def test_console_script_runs(write_jsonl):
+    src = write_jsonl("in.jsonl", [GOOD])
     exe = [sys.executable, "-m", "train.cli"]
     result = subprocess.run(
         [*exe, "render", str(src)], capture_output=True, text=True, timeout=120, check=True

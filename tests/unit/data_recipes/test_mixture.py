@@ -18,14 +18,8 @@ from data_recipes.mixture import (
 )
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "mix.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_load_resolves_paths_against_the_config_folder(tmp_path):
-    cfg = load_mixture(write(tmp_path, "sources:\n  - {path: data/a.jsonl, recipe: plain}\n"))
+def test_load_resolves_paths_against_the_config_folder(tmp_path, write_config):
+    cfg = load_mixture(write_config("sources:\n  - {path: data/a.jsonl, recipe: plain}\n"))
     src = cfg.sources[0]
     assert src.path == str((tmp_path / "data" / "a.jsonl").resolve()) and src.label == "data/a.jsonl"
     assert cfg.max_seq_len == 16384 and cfg.max_tokens == 16384 and cfg.history == "last"
@@ -49,13 +43,13 @@ def test_load_resolves_paths_against_the_config_folder(tmp_path):
         ("sources: []\n", "at least one source"),
     ],
 )
-def test_bad_configs_fail_at_load(tmp_path, text, message):
+def test_bad_configs_fail_at_load(write_config, text, message):
     with pytest.raises(ConfigError, match=message):
-        load_mixture(write(tmp_path, text))
+        load_mixture(write_config(text))
 
 
-def test_overrides_and_hash(tmp_path):
-    path = write(tmp_path, "sources:\n  - {path: a.jsonl, recipe: plain}\n")
+def test_overrides_and_hash(write_config):
+    path = write_config("sources:\n  - {path: a.jsonl, recipe: plain}\n")
     a, b = load_mixture(path), load_mixture(path, ["seed=1"])
     assert b.seed == 1 and config_hash(a) != config_hash(b)
     assert config_hash(a) == config_hash(load_mixture(path))
