@@ -178,7 +178,8 @@ def test_every_accepted_cut_of_every_short_string_gives_the_whole_text_ids(token
     """Exhaustive: all strings of up to 3 of the symbols that steer the regex, every accepted cut."""
     backend, segmenter = tokenizer.backend_tokenizer, segmenter_for(tokenizer)
     texts = ["".join(c) for n in (2, 3) for c in itertools.product(SYMBOLS, repeat=n)]
-    whole = {t: e.ids for t, e in zip(texts, backend.encode_batch_fast(texts, add_special_tokens=False))}
+    encoded = backend.encode_batch_fast(texts, add_special_tokens=False)
+    whole = {t: e.ids for t, e in zip(texts, encoded, strict=True)}
     cuts = [(t, p) for t in texts for p in range(1, len(t)) if segmenter.safe_cut(t, 0, p, len(t))]
     halves = backend.encode_batch_fast([x for t, p in cuts for x in (t[:p], t[p:])], add_special_tokens=False)
     assert len(cuts) > 1000
