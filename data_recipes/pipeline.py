@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import xxhash
 from transformers import PreTrainedTokenizerBase
 
@@ -29,10 +30,14 @@ from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rul
 from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
 from data_recipes.tokenizer import load_tokenizer
 
-RECORD_COLUMNS = (
-    "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "fallback", "audited", "digest_hi", "digest_lo",
+RECORD_SCHEMA = pa.schema(
+    [("source", pa.int32()), ("origin", pa.string()), ("format", pa.string()), ("error", pa.string()),
+     ("detail", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+     ("length", pa.int32()), ("num_trained", pa.int32()), ("cut", pa.bool_()), ("fallback", pa.bool_()),
+     ("audited", pa.bool_()), ("digest_hi", pa.int64()), ("digest_lo", pa.int64())]
 )  # fmt: skip
+RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
+_TOKEN_COLUMNS = ("input_ids", "labels")
 
 
 @dataclass(frozen=True)
@@ -143,27 +148,52 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
                 slots.append(_error_record(source, getattr(item, "origin", "") or origin, fmt, item))
     for (thinking, policy), group in pending.items():
         options = RenderOptions(thinking=thinking, history=policy, check=ctx.check != "off")
-        results = render_batch([p.conv for *_, p in group], tokenizer, options)
-        audited = [
-            isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
-        ]
-        audit(
-            [(p.conv, r) for (*_, p), r, a in zip(group, results, audited, strict=True) if a],
-            tokenizer,
-            options,
-        )
-        for (slot, source, fmt, prep), result, checked in zip(group, results, audited, strict=True):
-            if isinstance(result, SampleError):
-                slots[slot] = _error_record(source, prep.conv.origin, fmt, result)
-                continue
-            sample = apply_label_rules(result, prep)
-            if sample.num_trained == 0:
-                err = SampleError(
-                    "no_trained_tokens", "no token is trained after the label rules", sample.origin
-                )
-                slots[slot] = _error_record(source, sample.origin, fmt, err)
-                continue
-            slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns), checked)
+        for (slot, *_), record in zip(group, _render_group(group, options, ctx, tokenizer), strict=True):
+            slots[slot] = record
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}
+
+
+def _render_group(
+    group: list[tuple[int, int, str, Prepared]],
+    options: RenderOptions,
+    ctx: WorkerContext,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict[str, Any]]:
+    """Records for prepared conversations that share render options: render, audit, label rules."""
+    results = render_batch([p.conv for *_, p in group], tokenizer, options)
+    audited = [
+        isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
+    ]
+    audit(
+        [(p.conv, r) for (*_, p), r, a in zip(group, results, audited, strict=True) if a], tokenizer, options
+    )
+    records = []
+    for (_, source, fmt, prep), result, checked in zip(group, results, audited, strict=True):
+        if isinstance(result, SampleError):
+            records.append(_error_record(source, prep.conv.origin, fmt, result))
+            continue
+        sample = apply_label_rules(result, prep)
+        if sample.num_trained == 0:
+            err = SampleError("no_trained_tokens", "no token is trained after the label rules", sample.origin)
+            records.append(_error_record(source, sample.origin, fmt, err))
+            continue
+        records.append(_sample_record(source, fmt, sample, bool(prep.cut_turns), checked))
+    return records
+
+
+def record_batch(records: dict[str, list]) -> pa.RecordBatch:
+    """:func:`process_batch` output as one Arrow record batch (token lists concatenated, not converted
+    one list at a time)."""
+    lengths = np.asarray(records["length"], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    columns = []
+    for field in RECORD_SCHEMA:
+        values = records[field.name]
+        if field.name in _TOKEN_COLUMNS:
+            flat = np.concatenate(values).astype(np.int32, copy=False) if values else np.zeros(0, np.int32)
+            columns.append(pa.ListArray.from_arrays(offsets, pa.array(flat)))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.record_batch(columns, schema=RECORD_SCHEMA)

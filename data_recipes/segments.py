@@ -41,24 +41,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from data_recipes.tokenizer import LLAMA3_PATTERN
+from data_recipes.tokenizer import EOT, LLAMA3_PATTERN
 
 IGNORE_INDEX = -100
+HEAD_CACHE_SIZE = 4096  # distinct system blocks kept per process (cleared when full)
 Segment = tuple[int, int, bool]  # (start, end, trained): a half-open character range of the text
 
 
-@dataclass(frozen=True)
+@dataclass
 class Segmenter:
-    """Cuts rendered texts at their trained-span edges and encodes the segments in one batched call."""
+    """Cuts rendered texts at their trained-span edges and encodes the segments in one batched call.
+
+    The text up to the first ``<|eot_id|>`` (the system block: BOS, system prompt, tool schemas) is a
+    segment of its own when it lies before the first span (a cut after an added token, rule A), and
+    its ids are cached: every sample of a source usually shares it.
+    """
 
     tokenizer: PreTrainedTokenizerBase
     added: frozenset[str]
     """The added tokens' texts (all of the shape ``<…>`` without inner ``<``, ``>`` or whitespace)."""
     max_added_len: int
+    head_end: str = EOT
+    """The added token that closes the cached leading segment."""
+    head_cache: dict[str, list[int]] = field(default_factory=dict)
 
     def safe_cut(self, text: str, lo: int, p: int, hi: int) -> bool:
         """Rule A or B (module docstring) for a cut at ``p``, looking only inside ``text[lo:hi]``."""
@@ -79,6 +88,10 @@ class Segmenter:
         """The segments of ``text`` (trained = inside a span), or None when a cut is not provably safe."""
         segments: list[Segment] = []
         pos = 0
+        head = text.find(self.head_end) + len(self.head_end)
+        if head >= len(self.head_end) and head < (spans[0][0] if spans else len(text)):
+            segments.append((0, head, False))  # safe by rule A; its ids are cached
+            pos = head
         for a, b in spans:
             if a < pos or b < a or b > len(text):
                 return None  # overlapping or out-of-range spans: not a shape this proof covers
@@ -99,14 +112,23 @@ class Segmenter:
         self, texts: Sequence[str], plans: Sequence[Sequence[Segment]]
     ) -> list[tuple[list[int], list[int]]]:
         """``(input_ids, labels)`` per text, from one batched encode of all segments (no offsets)."""
-        pieces = [text[a:b] for text, plan in zip(texts, plans, strict=True) for a, b, _ in plan]
-        encodings = iter(self.tokenizer.backend_tokenizer.encode_batch_fast(pieces, add_special_tokens=False))
+        if len(self.head_cache) > HEAD_CACHE_SIZE:
+            self.head_cache.clear()
+        pieces: list[str] = []
+        hits: list[list[int] | None] = []  # the cached ids of each text's head segment
+        for text, plan in zip(texts, plans, strict=True):
+            hit = self.head_cache.get(text[: plan[0][1]]) if plan and plan[0][0] == 0 else None
+            hits.append(hit)
+            pieces += [text[a:b] for a, b, _ in (plan[1:] if hit is not None else plan)]
+        encoded = iter(self.tokenizer.backend_tokenizer.encode_batch_fast(pieces, add_special_tokens=False))
         out = []
-        for plan in plans:
+        for text, plan, hit in zip(texts, plans, hits, strict=True):
             ids: list[int] = []
             labels: list[int] = []
-            for _, _, trained in plan:
-                seg = next(encodings).ids
+            for k, (a, b, trained) in enumerate(plan):
+                seg = hit if (k == 0 and hit is not None) else next(encoded).ids
+                if k == 0 and hit is None and not trained and text.endswith(self.head_end, a, b):
+                    self.head_cache[text[a:b]] = seg
                 ids += seg
                 labels += seg if trained else [IGNORE_INDEX] * len(seg)
             out.append((ids, labels))
