@@ -60,7 +60,17 @@ class BuildResult:
 
 
 def default_num_proc() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
+    """The CPUs this process may use: its CPU affinity (what ``taskset``, cgroups-cpusets and a SLURM
+    step grant), capped by ``SLURM_CPUS_PER_TASK`` inside a SLURM job. Not ``os.cpu_count()``: on a
+    shared node that counts CPUs the job does not own."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return max(1, cpus)
 
 
 def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool) -> list[SourceSpec]:
