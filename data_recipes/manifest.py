@@ -192,6 +192,11 @@ def tables(manifest: dict[str, Any]) -> list:
         "tokenizer / template", f"{manifest['tokenizer_fingerprint']} / {manifest['template_fingerprint']}"
     )
     overview.add_row("config_hash", manifest["config_hash"])
+    if render := manifest.get("render"):  # absent in manifests written before the audit existed
+        overview.add_row(
+            "checks / audited / exact fallback",
+            f"{render['check']} / {render['num_audited']:,} / {render['num_fallback']:,}",
+        )
 
     per = Table(title="per source")
     for col in ("source", "recipe", "in", "kept", "dropped", "out", "val", "tokens", "trained", "cut"):
