@@ -2,6 +2,8 @@
 
 Each output line is ``{"text": …, "input_ids": […], "labels": […], "origin": "file:line"}``. A bad
 row is reported on stderr with its file, line and reason, and counted; ``--strict`` stops at the first.
+Every sample gets the full checks (:func:`data_recipes.checks.check_invariants`, what the build's
+audit runs on its share), a failure is reported like a bad row.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data_recipes.checks import check_invariants
 from data_recipes.messages import SampleError, conversation_from_openai, load_json
-from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
+from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, expand_history, render
 from data_recipes.sources import iter_rows, resolve
 from data_recipes.tokenizer import load_tokenizer
 
@@ -69,7 +72,12 @@ def render_file(
             yield origin, row
             continue
         try:
-            yield origin, render_all(conversation_from_openai(row, origin), tokenizer, options)
+            conv = conversation_from_openai(row, origin)
+            convs = expand_history(conv) if options.history == "expand" else [conv]
+            samples = [render(c, tokenizer, options) for c in convs]
+            for c, sample in zip(convs, samples, strict=True):
+                check_invariants(sample, c, tokenizer, options)
+            yield origin, samples
         except SampleError as err:
             yield origin, err
 
