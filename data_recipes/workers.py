@@ -46,6 +46,7 @@ def read_stream(path: Path) -> pa.Table:
 def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: int, progress: bool):
     """Render every raw row into sample records; returns them as one memory-mapped ``Dataset``."""
     import datasets
+    from datasets.table import MemoryMappedTable, concat_tables
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _init_worker(raw_path, out_dir, ctx, single=num_proc <= 1)
@@ -54,8 +55,10 @@ def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: 
     with bar:
         for rows in _run_all(tasks, raw_path, out_dir, ctx, num_proc):
             bar.update(rows)
-    parts = [datasets.Dataset.from_file(str(_task_file(out_dir, i))) for i, _ in tasks]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    # One Dataset over the memory-mapped task files (Dataset.from_file per file costs ~8 ms each).
+    return datasets.Dataset(
+        concat_tables([MemoryMappedTable.from_file(str(_task_file(out_dir, i))) for i, _ in tasks])
+    )
 
 
 def _run_all(tasks, raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: int) -> Iterator[int]:
