@@ -17,12 +17,14 @@ import math
 import multiprocessing
 import os
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from data_recipes.pipeline import RECORD_SCHEMA, WorkerContext, process_batch, record_batch
+from data_recipes.pipeline import RECORD_SCHEMA, WorkerContext, get_tokenizer, process_batch, record_batch
 
 BATCH_ROWS = 128  # rows per process_batch call (one batched tokenizer call per render setting)
 TASKS_PER_WORKER = 16  # enough tasks that the last one to finish costs a few percent at most
@@ -49,6 +51,7 @@ def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: 
     from datasets.table import MemoryMappedTable, concat_tables
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    get_tokenizer(ctx.tokenizer)  # loaded once, here: the forked workers inherit it
     _init_worker(raw_path, out_dir, ctx, single=num_proc <= 1)
     tasks = list(enumerate(task_ranges(_raw_table().num_rows, num_proc)))
     bar = tqdm(total=_raw_table().num_rows, desc="render + tokenize", unit=" rows", disable=not progress)
@@ -65,14 +68,23 @@ def _run_all(tasks, raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc:
     if num_proc <= 1 or len(tasks) == 1:
         yield from map(_run_task, tasks)
         return
-    pool = multiprocessing.get_context("fork").Pool(
-        min(num_proc, len(tasks)), initializer=_init_worker, initargs=(raw_path, out_dir, ctx, False)
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the OOM killer raises
+    # BrokenProcessPool here instead of leaving the build waiting forever for its task.
+    pool = ProcessPoolExecutor(
+        min(num_proc, len(tasks)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(raw_path, out_dir, ctx, False),
     )
     try:
-        yield from pool.imap_unordered(_run_task, tasks)
+        for done in as_completed([pool.submit(_run_task, task) for task in tasks]):
+            yield done.result()  # the first error (an audit failure, a bug) is raised here
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            f"a render worker died ({err}); out of memory? Rerun with fewer workers (--num-proc)"
+        ) from err
     finally:
-        pool.terminate()  # after the last task, or on the first error (it is raised here)
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(raw_path: Path, out_dir: Path, ctx: WorkerContext, single: bool) -> None:

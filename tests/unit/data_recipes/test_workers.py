@@ -3,19 +3,24 @@ check mode, the audit's deterministic share, the default worker count."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from datasets import load_from_disk
 
-from data_recipes.build import build, default_num_proc
+from data_recipes.build import RAW_SCHEMA, build, default_num_proc
 from data_recipes.checks import AuditError, audit, is_audited
 from data_recipes.messages import conversation_from_openai
 from data_recipes.mixture import load_mixture
+from data_recipes.pipeline import SourceRules, WorkerContext
+from data_recipes.recipes.common import RecipeOptions
 from data_recipes.render import RenderOptions, render
-from data_recipes.workers import BATCH_ROWS, task_ranges
+from data_recipes.workers import BATCH_ROWS, render_records, task_ranges
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "configs" / "data" / "sample.yaml"
@@ -80,3 +85,18 @@ def test_default_workers_are_the_cpus_this_process_may_use(monkeypatch):
     assert default_num_proc() == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(allowed + 8))  # never more than the affinity allows
     assert default_num_proc() == allowed
+
+
+def test_an_error_in_a_worker_stops_the_stage(tmp_path):
+    """What an audit failure does in a worker process: the parent raises it, no partial result."""
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 600
+    raw = tmp_path / "raw.arrow"
+    with pa.OSFile(str(raw), "wb") as sink, pa.ipc.new_stream(sink, RAW_SCHEMA) as writer:
+        table = {"source": [0] * 599 + [7], "origin": [f"x.jsonl:{i + 1}" for i in range(600)],
+                 "raw": [json.dumps(r) for r in rows]}  # fmt: skip
+        writer.write_table(pa.table(table, schema=RAW_SCHEMA))
+    ctx = WorkerContext((SourceRules("openai", "plain", RecipeOptions()),), "last", None)  # no source 7
+    with pytest.raises(IndexError):
+        render_records(raw, tmp_path / "records", ctx, num_proc=2, progress=False)
+    ok = render_records(raw, tmp_path / "ok", replace(ctx, sources=ctx.sources * 8), 2, progress=False)
+    assert ok["origin"] == [f"x.jsonl:{i + 1}" for i in range(600)]  # in input order
