@@ -34,7 +34,7 @@ import time
 import types
 from pathlib import Path
 
-from data_recipes.build import build
+from data_recipes.build import build, cpu_seconds
 from data_recipes.formats.detect import to_conversation
 from data_recipes.mixture import load_mixture
 from data_recipes.pipeline import get_tokenizer
@@ -71,14 +71,15 @@ def conversations(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     return reasoning, plain
 
 
-def bench_ours(folder: Path, name: str, num_proc: int, check: str) -> tuple[float, float, int]:
-    """``(render stage s, whole build s, tokens)`` of one build into ``folder/name``."""
+def bench_ours(folder: Path, name: str, num_proc: int, check: str) -> tuple[float, float, int, float]:
+    """``(render stage s, whole build s, tokens, render stage CPU s)`` of one build into ``folder/name``."""
     cfg = load_mixture(folder / "mix.yaml", [f"check={check}"])
     t = time.perf_counter()
     result = build(cfg, folder / name, num_proc=num_proc, progress=False, overwrite=True)
     total = time.perf_counter() - t
     assert sum(result.manifest["dropped"].values()) == 0, result.manifest["dropped"]
-    return result.timings["render_s"], total, result.manifest["num_tokens"]
+    timings = result.timings
+    return timings["render_s"], total, result.manifest["num_tokens"], timings["render_cpu_s"]
 
 
 def same_rows(a: Path, b: Path) -> bool:
@@ -88,19 +89,19 @@ def same_rows(a: Path, b: Path) -> bool:
     return all(x[s].data.table.equals(y[s].data.table) for s in ("train", "validation"))
 
 
-def bench_raw(rows: list[dict], tokenizer) -> tuple[float, int]:
+def bench_raw(rows: list[dict], tokenizer) -> tuple[float, int, float]:
     texts = []
     for row in rows:
         _, conv = to_conversation(row, "openai", "")
         texts.append(render_text(conv, RenderOptions(thinking=conv.messages[-1].reasoning is not None))[0])
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()  # process_time: every thread of this process
     n = 0
     for i in range(0, len(texts), 1000):
         n += sum(len(ids) for ids in tokenizer(texts[i : i + 1000], add_special_tokens=False)["input_ids"])
-    return time.perf_counter() - t, n
+    return time.perf_counter() - t, n, time.process_time() - cpu
 
 
-def bench_trl(rows: list[dict], tokenizer, num_proc: int, folder: Path) -> tuple[float, int]:
+def bench_trl(rows: list[dict], tokenizer, num_proc: int, folder: Path) -> tuple[float, int, float]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -114,10 +115,10 @@ def bench_trl(rows: list[dict], tokenizer, num_proc: int, folder: Path) -> tuple
     fake = types.SimpleNamespace(
         chat_template=tokenizer.chat_template, completion_only_loss=False, _tokenizer=tokenizer
     )
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     out = SFTTrainer._prepare_dataset(fake, ds, tokenizer, args, False, None, "train")
-    elapsed = time.perf_counter() - t
-    return elapsed, sum(len(x) for x in out["input_ids"])
+    elapsed, cpu = time.perf_counter() - t, cpu_seconds() - cpu
+    return elapsed, sum(len(x) for x in out["input_ids"]), cpu
 
 
 PIPELINES = {  # name: (num_proc = args.num_proc or 1, check)
@@ -141,7 +142,8 @@ def main() -> None:
     datasets.disable_progress_bars()
     load_before = os.getloadavg()
     reasoning, plain = conversations(args.n, args.seed)
-    best: dict[str, tuple] = {}
+    best: dict[str, tuple] = {}  # the fastest run (wall) of each pipeline
+    cpu: dict[str, float] = {}  # the least CPU time of each pipeline's runs
     raws = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -158,41 +160,50 @@ def main() -> None:
             for name, (procs, check) in PIPELINES.items():
                 run = bench_ours(folder, name, procs or args.num_proc, check)
                 best[name] = min(best.get(name, run), run)
+                cpu[name] = min(cpu.get(name, run[3]), run[3])
             trl = bench_trl(reasoning + plain, tokenizer, args.num_proc, folder)
-            best["trl"] = min(best.get("trl", trl), trl)  # (seconds, tokens)
+            best["trl"] = min(best.get("trl", trl), trl)  # (seconds, tokens, cpu)
+            cpu["trl"] = min(cpu.get("trl", trl[2]), trl[2])
         raws.append(raw_in_subprocess(reasoning + plain, args.num_proc))
         identical = {name: same_rows(folder / "default", folder / name) for name in ("full", "off", "one")}
-    report(args, best, raws, identical, load_s, load_before)
+    report(args, best, cpu, raws, identical, (load_s, load_before))
 
 
-def report(args, best, raws, identical, load_s, load_before) -> None:
+def report(args, best, cpu, raws, identical, loads) -> None:
+    load_s, load_before = loads
     tokens = best["default"][2]
-    raw_rate = sum(n / s for s, n in raws) / len(raws)
+    raw_rate = sum(n / s for s, n, _ in raws) / len(raws)
+    raw_cpu_rate = max(n / c for _, n, c in raws)
     cpus = len(os.sched_getaffinity(0))
     print(f"{args.n:,} conversations, {tokens:,} tokens, {args.num_proc} processes, {cpus} CPUs, "
           f"repeat {args.repeat}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
           f"tokenizer load {load_s:.2f} s (not timed below)\n")  # fmt: skip
-    print("| pipeline | time (s) | tokens/s | vs raw |\n|---|---:|---:|---:|")
-    rows = [(f"raw tokenizer batch encode (Rust, {args.num_proc} threads), run {i + 1}", s, n)
-            for i, (s, n) in enumerate(raws)]  # fmt: skip
+    print("| pipeline | time (s) | tokens/s | vs raw | CPU (s) | tokens per CPU-s | vs raw (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = [(f"raw tokenizer batch encode (Rust, {args.num_proc} threads), run {i + 1}", s, n, c)
+            for i, (s, n, c) in enumerate(raws)]  # fmt: skip
     rows += [
         (f"hermes-sft render stage, default checks (check: sample), {args.num_proc} workers",
-         best["default"][0], tokens),
-        ("hermes-sft render stage, check: full", best["full"][0], tokens),
-        ("hermes-sft render stage, check: false", best["off"][0], tokens),
-        ("hermes-sft render stage, default checks, 1 worker", best["one"][0], tokens),
-        ("hermes-sft whole build (read → render → select → pack → write)", best["default"][1], tokens),
-        ("TRL SFTTrainer._prepare_dataset, assistant_only_loss", best["trl"][0], best["trl"][1]),
+         best["default"][0], tokens, cpu["default"]),
+        ("hermes-sft render stage, check: full", best["full"][0], tokens, cpu["full"]),
+        ("hermes-sft render stage, check: false", best["off"][0], tokens, cpu["off"]),
+        ("hermes-sft render stage, default checks, 1 worker", best["one"][0], tokens, cpu["one"]),
+        ("hermes-sft whole build (read → render → select → pack → write)", best["default"][1], tokens, None),
+        ("TRL SFTTrainer._prepare_dataset, assistant_only_loss", best["trl"][0], best["trl"][1], cpu["trl"]),
     ]  # fmt: skip
-    for name, seconds, n in rows:
-        print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {n / seconds / raw_rate:.2f}x |")
+    for name, seconds, n, c in rows:
+        cpu_cols = f"{c:.2f} | {n / c:,.0f} | {n / c / raw_cpu_rate:.2f}x" if c else " | | "
+        print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {n / seconds / raw_rate:.2f}x | {cpu_cols} |")
     render_rate = tokens / best["default"][0]
     goals = [
         ("render stage (default checks) vs raw", render_rate / raw_rate, 0.8),
         ("render stage (default checks) vs TRL", render_rate / (best["trl"][1] / best["trl"][0]), 3.0),
         ("whole build vs raw", tokens / best["default"][1] / raw_rate, 0.65),
         (f"{args.num_proc} workers vs 1 worker (render stage)", best["one"][0] / best["default"][0], 1.8),
-    ]
+        ("render stage (default checks) vs raw, per CPU-second", tokens / cpu["default"] / raw_cpu_rate, 0.8),
+        ("render stage (default checks) vs TRL, per CPU-second",
+         tokens / cpu["default"] / (best["trl"][1] / cpu["trl"]), 3.0),
+    ]  # fmt: skip
     print("\n| goal | measured | target | |\n|---|---:|---:|---|")
     for name, value, target in goals:
         print(f"| {name} | {value:.2f}x | ≥ {target}x | {'met' if value >= target else 'NOT met'} |")
@@ -202,7 +213,7 @@ def report(args, best, raws, identical, load_s, load_before) -> None:
         )
 
 
-def raw_in_subprocess(rows: list[dict], threads: int) -> tuple[float, int]:
+def raw_in_subprocess(rows: list[dict], threads: int) -> tuple[float, int, float]:
     """The raw encode in a fresh process, so the Rust thread pool is not disabled by earlier forks."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
@@ -215,8 +226,8 @@ def raw_in_subprocess(rows: list[dict], threads: int) -> tuple[float, int]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     os.unlink(f.name)
-    seconds, n = json.loads(out.stdout.strip().splitlines()[-1])
-    return seconds, n
+    seconds, n, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return seconds, n, cpu
 
 
 if __name__ == "__main__":

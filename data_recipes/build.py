@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shutil
 import time
 from collections.abc import Iterator
@@ -71,6 +72,12 @@ def default_num_proc() -> int:
     if slurm.isdigit() and int(slurm) > 0:
         cpus = min(cpus, int(slurm))
     return max(1, cpus)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished child processes (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool) -> list[SourceSpec]:
@@ -283,9 +290,10 @@ def run_stages(
     t = time.perf_counter()
     inputs = read_sources(specs, work / "raw.arrow", progress)
     timings["read_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
     timings["render_s"] = time.perf_counter() - t
+    timings["render_cpu_s"] = cpu_seconds() - cpu  # all workers: what a shared machine cannot distort
     t = time.perf_counter()
     cols = mf.columns(samples)
     sel = select(cfg, cols)

@@ -41,7 +41,6 @@ from data_recipes.segments import IGNORE_INDEX, segmenter_for
 from data_recipes.template_engine import render_with_spans
 from data_recipes.tokenizer import BOS, BOS_ID, EOT
 
-__all__ = ["IGNORE_INDEX", "RenderOptions", "RenderedSample", "render", "render_all", "render_batch"]
 HistoryPolicy = Literal["last", "expand", "keep"]
 HISTORY_POLICIES: tuple[str, ...] = ("last", "expand", "keep")
 _SURROGATE = re.compile("[\ud800-\udfff]")
