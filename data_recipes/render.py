@@ -37,7 +37,7 @@ from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, Message, SampleError, to_template_messages
-from data_recipes.segments import IGNORE_INDEX, segmenter_for
+from data_recipes.segments import IGNORE_INDEX, off_main_thread, segmenter_for
 from data_recipes.template_engine import render_with_spans
 from data_recipes.tokenizer import BOS, BOS_ID, EOT
 
@@ -202,7 +202,9 @@ def render_batch(
 
 def exact_encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list]]:
     """``(ids, offsets)`` of each whole text: the reference the segmented encoding must equal."""
-    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    encodings = off_main_thread(
+        tokenizer.backend_tokenizer.encode_batch, list(texts), add_special_tokens=False
+    )
     return [(enc.ids, enc.offsets) for enc in encodings]
 
 
