@@ -3,7 +3,7 @@
 One run, side by side, on one multi-GB ZeRO-3 checkpoint made here (2 ranks, CPU, a random
 Llama-3.1-shaped model; ``tests/dist/make_zero3_run.py --steps 0``):
 
-* ours: ZeRO-3 → BF16, ZeRO-3 → FP8, BF16 folder → FP8 (``python -m train.export.memprobe``);
+* ours: ZeRO-3 → BF16, ZeRO-3 → FP8, BF16 folder → FP8 (``python bench/memprobe.py``);
 * DeepSpeed: the ``zero_to_fp32.py`` the checkpoint ships (fp32 safetensors), then transformers
   ``from_pretrained(dtype=bfloat16)`` + ``save_pretrained`` (the documented offline recipe), and
   DeepSpeed 0.19's ``convert_zero_checkpoint_to_state_dict(dtype=bfloat16)`` (weights only);
@@ -154,7 +154,7 @@ def run_all(args) -> list[dict]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     py, shard = sys.executable, args.max_shard_size
-    probe = [py, "-m", "train.export.memprobe"]
+    probe = [py, str(REPO / "bench" / "memprobe.py")]
 
     def ours(name: str, src: Path, dst: str, fmt: str) -> None:
         cmd = [*probe, str(src), str(out / dst), fmt, "--max-shard-size", shard]
@@ -198,7 +198,7 @@ def compare_outputs(args) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from train.export.safetensors_io import read_safetensors_folder
+    from train.export.reading.tensors import read_safetensors_folder
 
     out = args.workdir / "out"
     facts: dict = {}

@@ -1,5 +1,6 @@
-"""``hermes-sft inspect [INPUT.jsonl]``: render a row and show which tokens are trained.
+"""``hermes-sft inspect [INPUT]``: render a row and show which tokens are trained.
 
+INPUT is read as ``data build`` reads it (any file type, format detected per row or ``--format``).
 Without INPUT it shows the bundled showcase conversations (plain, reasoning, tools, multi-turn).
 """
 
@@ -18,7 +19,10 @@ SHOWCASE = Path(__file__).with_name("samples") / "showcase.jsonl"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "input", nargs="?", default=str(SHOWCASE), help="OpenAI-format JSONL (default: showcase)"
+        "input",
+        nargs="?",
+        default=str(SHOWCASE),
+        help="rows in any format `data build` reads (default: the bundled showcase)",
     )
     parser.add_argument("--index", type=int, default=None, help="only the row at this 0-based index")
     add_render_arguments(parser)
@@ -31,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     color = use_color() if args.color is None else args.color
     print(legend(color))
-    for index, (origin, result) in enumerate(render_file(args.input, tokenizer, render_options(args))):
+    rows = render_file(args.input, tokenizer, render_options(args), args.format)
+    for index, (origin, result) in enumerate(rows):
         if args.index is not None and index != args.index:
             continue
         print(f"\n── {origin} " + "─" * 40)

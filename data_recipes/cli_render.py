@@ -1,9 +1,12 @@
-"""``hermes-sft render INPUT.jsonl``: OpenAI-format rows → one JSON line per sample on stdout.
+"""``hermes-sft render INPUT``: rows of any format ``data build`` reads → one JSON line per sample.
 
-Each output line is ``{"text": …, "input_ids": […], "labels": […], "origin": "file:line"}``. A bad
-row is reported on stderr with its file, line and reason, and counted; ``--strict`` stops at the first.
+Rows are read exactly as the data builder reads them (same file types, the format detected per row by
+:mod:`data_recipes.formats.detect`, or forced with ``--format``). Each output line is
+``{"text": …, "input_ids": […], "labels": […], "origin": "file:line"}``. A bad row is reported on
+stderr with its file, line and reason, and counted; ``--strict`` stops at the first. Columns no reader
+used are counted in the summary line, as ``data build`` counts them in ``ignored_fields``.
 Every sample gets the full checks (:func:`data_recipes.checks.check_invariants`, what the build's
-audit runs on its share), a failure is reported like a bad row.
+audit runs on its share); a failure is reported like a bad row.
 """
 
 from __future__ import annotations
@@ -17,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from data_recipes.checks import check_invariants
-from data_recipes.messages import SampleError, conversation_from_openai, load_json
+from data_recipes.formats.detect import FORMAT_NAMES, read_row
+from data_recipes.messages import Conversation, SampleError, load_json
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, expand_history, render
 from data_recipes.sources import iter_rows, resolve
 from data_recipes.tokenizer import load_tokenizer
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_NAMES,
+        default="auto",
+        help="row format (default: auto, detected per row as `data build` does)",
+    )
     parser.add_argument("--thinking", action="store_true", help="use the deep-thinking system prompt")
     parser.add_argument(
         "--history",
@@ -57,35 +67,48 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleEr
         except SampleError as err:
             yield origin, err
             continue
-        if not isinstance(row, dict):
-            yield origin, SampleError("malformed_row", "a row must be a JSON object", origin)
+        if not isinstance(row, dict):  # the reason `data build` gives (formats.detect)
+            yield (
+                origin,
+                SampleError("no_messages", f"row is {type(row).__name__}, expected a JSON object", origin),
+            )
             continue
         yield origin, row
 
 
 def render_file(
-    path: str | Path, tokenizer, options: RenderOptions
+    path: str | Path, tokenizer, options: RenderOptions, fmt: str = "auto", ignored: Counter | None = None
 ) -> Iterator[tuple[str, list[RenderedSample] | SampleError]]:
-    """Render every row of an OpenAI-format JSONL file; errors are yielded, not raised."""
+    """Render every row of a file in any format ``data build`` reads; errors are yielded, not raised.
+
+    ``ignored`` (if given) counts the columns no reader used, per column name."""
     for origin, row in read_rows(path):
         if isinstance(row, SampleError):
             yield origin, row
             continue
         try:
-            conv = conversation_from_openai(row, origin)
-            convs = expand_history(conv) if options.history == "expand" else [conv]
-            samples = [render(c, tokenizer, options) for c in convs]
-            for c, sample in zip(convs, samples, strict=True):
-                check_invariants(sample, c, tokenizer, options)
-            yield origin, samples
+            read = read_row(row, fmt, origin)
+            if ignored is not None:
+                ignored.update(read.ignored)
+            yield origin, render_checked(read.conversation, tokenizer, options)
         except SampleError as err:
             yield origin, err
+
+
+def render_checked(conv: Conversation, tokenizer, options: RenderOptions) -> list[RenderedSample]:
+    """``render_all`` + the full checks on every sample; raises :class:`SampleError`."""
+    convs = expand_history(conv) if options.history == "expand" else [conv]
+    samples = [render(c, tokenizer, options) for c in convs]
+    for c, sample in zip(convs, samples, strict=True):
+        check_invariants(sample, c, tokenizer, options)
+    return samples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input",
-        help="rows {'messages': [...], 'tools': [...]}: JSONL, JSON, Parquet (.gz ok) or a datasets folder",
+        help="rows in any format `data build` reads (OpenAI, ShareGPT, Hermes FC, prompt/completion): "
+        "JSONL, JSON, Parquet (.gz ok) or a datasets folder",
     )
     add_render_arguments(parser)
     parser.add_argument(
@@ -96,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = render_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
-    rows, samples, dropped = 0, 0, Counter()
-    for _origin, result in render_file(args.input, tokenizer, options):
+    rows, samples, dropped, ignored = 0, 0, Counter(), Counter()
+    for _origin, result in render_file(args.input, tokenizer, options, args.format, ignored):
         rows += 1
         if isinstance(result, SampleError):
             if args.strict:
@@ -114,4 +137,7 @@ def run(args: argparse.Namespace) -> int:
         f"rendered {samples} samples from {rows} rows; dropped {sum(dropped.values())} ({summary})",
         file=sys.stderr,
     )
+    if ignored:
+        names = ", ".join(f"{name}: {n}" for name, n in sorted(ignored.items()))
+        print(f"columns no reader used (rows): {names}", file=sys.stderr)
     return 0

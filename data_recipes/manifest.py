@@ -7,12 +7,17 @@ Accounting identities (checked with ``assert`` before the manifest is written):
 * ``num_samples_in == num_inputs`` unless ``history: expand`` (one input → one sample per reply);
 * ``num_samples_out`` counts samples in the packed dataset with mixture repeats (train + validation);
   ``num_samples_selected`` counts the distinct kept samples the mixture chose.
+
+``ignored_fields`` (in total and per source) maps each non-empty input column that no reader used
+(metadata such as ``source`` or ``category``, a preference row's pair columns under a forced format)
+to the number of rows that had it, so no column disappears unannounced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,15 @@ def columns(samples) -> dict[str, np.ndarray]:
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
+    out["ignored"] = np.empty(len(table), dtype=object)
+    out["ignored"][:] = table.column("ignored").to_pylist()
     return out
+
+
+def ignored_fields(ignored: np.ndarray) -> dict[str, int]:
+    """Column name → number of rows in which no reader used it (sorted by count, then name)."""
+    counts = Counter(name for names in ignored for name in names)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _examples(idx: np.ndarray, samples, limit: int = MAX_EXAMPLES) -> tuple[list[str], list[str]]:
@@ -104,6 +117,7 @@ def _per_source(cfg, specs, inputs, cols, sel, samples) -> dict[str, Any]:
             "content_hash": inputs[s]["content_hash"], "num_inputs": inputs[s]["num_inputs"],
             "num_samples_in": int(mine.sum()), "num_samples_kept": int(kept.sum()),
             **drop_summary(sel.reason, samples, mine),
+            "ignored_fields": ignored_fields(cols["ignored"][mine]),
             "num_length_cut": int((kept & cols["cut"]).sum()),
             "num_samples_selected": int((cols["source"][sel.selected] == s).sum()),
             "num_samples_out": int((cols["source"][out_items] == s).sum()),
@@ -135,6 +149,7 @@ def make_manifest(
         "num_samples_in": len(sel.reason),
         "num_samples_kept": int((sel.reason == "").sum()),
         **totals,
+        "ignored_fields": ignored_fields(cols["ignored"]),
         "num_samples_selected": len(sel.selected),
         "num_samples_out": len(sel.train) + len(sel.validation),
         "num_rows": num_rows,
@@ -212,4 +227,18 @@ def tables(manifest: dict[str, Any]) -> list:
     drops.add_column("first offenders")
     for reason, count in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]):
         drops.add_row(reason, f"{count:,}", "\n".join(manifest["drop_details"].get(reason, [])[:3]))
-    return [overview, per, drops] if manifest["dropped"] else [overview, per]
+    out = [overview, per, drops] if manifest["dropped"] else [overview, per]
+    return out + ([_ignored_table(manifest)] if manifest.get("ignored_fields") else [])
+
+
+def _ignored_table(manifest: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title="input columns no reader used (ignored_fields)")
+    table.add_column("source")
+    table.add_column("column")
+    table.add_column("rows", justify="right")
+    for label, s in manifest["per_source"].items():
+        for name, count in s.get("ignored_fields", {}).items():
+            table.add_row(label, name, f"{count:,}")
+    return table

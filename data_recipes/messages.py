@@ -3,12 +3,20 @@
 Every raw row becomes a :class:`Conversation` of :class:`Message` s here; nothing downstream reads
 raw dicts. Normalization is deliberate and documented:
 
-* reasoning comes from ``reasoning_content`` / ``reasoning`` / ``thinking`` or from a leading inline
-  ``<think>…</think>`` in ``content``; it is stored without tags;
+* reasoning comes from ``reasoning_content`` / ``reasoning`` / ``thinking`` or from a reasoning block
+  that opens ``content``: ``<think>…</think>``, or one of the other published marker pairs
+  (:data:`REASONING_MARKERS`: OpenThoughts / Bespoke-Stratos ``<|begin_of_thought|>…<|end_of_thought|>``,
+  ``<reasoning>…</reasoning>``, ``<thinking>…</thinking>``), with the answer after it optionally wrapped
+  in ``<|begin_of_solution|>…<|end_of_solution|>``, ``<answer>…</answer>`` or ``<output>…</output>``;
+  it is stored without tags;
 * assistant content and reasoning are stripped of surrounding whitespace (a leading newline would
   merge with the header's newline into one token and blur the trained span);
-* tool-call ``arguments`` are parsed into a dict (a JSON string and a dict render identically);
-* content given as a list of OpenAI text parts is joined; any other non-string content is an error.
+* tool-call ``arguments`` are parsed into a dict (a JSON string and a dict render identically); the
+  legacy OpenAI ``function_call`` field and ``function`` role read as a tool call and a tool result;
+* content given as a list of OpenAI text parts (``{"type": "text", "text": …}``, or ``"value"`` as some
+  exporters write it) is joined; any other non-string content is an error naming the part;
+* a system message with empty content is no system message at all (OpenHermes-2.5 has many), so the
+  template writes its default prompt, as at inference for a conversation without one.
 
 Bad input raises :class:`SampleError` with a stable ``reason`` key (counted by the data builder).
 """
@@ -23,6 +31,26 @@ from typing import Any, Literal
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+# Reasoning blocks other than <think> that published SFT sets open an assistant turn with:
+# Sky-T1 / Bespoke-Stratos / OpenThoughts, GRPO-style (TRL and Unsloth examples), Reflection-style.
+REASONING_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<|begin_of_thought|>", "<|end_of_thought|>"),
+    ("<reasoning>", "</reasoning>"),
+    ("<thinking>", "</thinking>"),
+)
+# Wrappers around the answer after the reasoning (OpenThoughts, DeepSeek-R1-Zero / GRPO, Reflection).
+ANSWER_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<|begin_of_solution|>", "<|end_of_solution|>"),
+    ("<answer>", "</answer>"),
+    ("<output>", "</output>"),
+)
+# Markers that are never ordinary text: anywhere but in their place they are an error.
+STRICT_MARKERS = (
+    "<|begin_of_thought|>",
+    "<|end_of_thought|>",
+    "<|begin_of_solution|>",
+    "<|end_of_solution|>",
+)
 
 CONTROL_TOKEN_RE = re.compile(
     r"<\|(?:begin_of_text|end_of_text|start_header_id|end_header_id|eot_id|eom_id|python_tag"
@@ -76,13 +104,30 @@ def load_json(text: str, reason: str, what: str, origin: str) -> Any:
         raise SampleError(reason, f"{what} is not valid JSON ({err.msg})", origin) from err
 
 
+def _part_text(part: Any, what: str, origin: str) -> str:
+    """One OpenAI content part: text under ``text`` (the API's key) or ``value`` (some exporters')."""
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        raise SampleError("non_string_content", f"{what} has a {type(part).__name__} part", origin)
+    kind = part.get("type", "text")
+    if kind != "text":
+        raise SampleError(
+            "non_string_content", f"{what} has a {kind!r} part (only text parts can be rendered)", origin
+        )
+    text = part.get("text", part.get("value"))
+    if not isinstance(text, str):
+        raise SampleError("non_string_content", f"{what} has a text part without a 'text' string", origin)
+    return text
+
+
 def _text(value: Any, what: str, origin: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        return "".join(str(p.get("text", "")) for p in value)
+    if isinstance(value, list):
+        return "".join(_part_text(p, what, origin) for p in value)
     raise SampleError("non_string_content", f"{what} is {type(value).__name__}, expected a string", origin)
 
 
@@ -97,8 +142,7 @@ def parse_arguments(raw: Any, origin: str = "") -> dict[str, Any]:
     return raw
 
 
-def split_inline_reasoning(content: str, origin: str = "") -> tuple[str | None, str]:
-    """Split a leading ``<think>…</think>`` off assistant content; reject unbalanced or repeated tags."""
+def _split_think(content: str, origin: str) -> tuple[str | None, str]:
     opens, closes = content.count("<think>"), content.count("</think>")
     if opens == 0 and closes == 0:
         return None, content
@@ -109,6 +153,53 @@ def split_inline_reasoning(content: str, origin: str = "") -> tuple[str | None, 
         raise SampleError("bad_think_tags", "<think> must open the assistant turn", origin)
     reasoning, answer = stripped[len("<think>") :].split("</think>", 1)
     return reasoning, answer
+
+
+def _split_markers(content: str, origin: str) -> tuple[str | None, str]:
+    stripped = content.lstrip()
+    for open_, close in REASONING_MARKERS:
+        strict = open_ in STRICT_MARKERS
+        opens, closes = content.count(open_), content.count(close)
+        if not stripped.startswith(open_):
+            if strict and opens + closes:
+                raise SampleError("bad_reasoning_markers", f"{open_} must open the assistant turn", origin)
+            continue
+        if opens != 1 or closes != 1:
+            raise SampleError(
+                "bad_reasoning_markers", f"{opens} {open_} and {closes} {close} markers in one turn", origin
+            )
+        return tuple(stripped[len(open_) :].split(close, 1))  # type: ignore[return-value]
+    return None, content
+
+
+def _unwrap_answer(answer: str, origin: str) -> str:
+    """The answer without a wrapper that encloses all of it (``<answer>…</answer>`` and kin)."""
+    stripped = answer.strip()
+    for open_, close in ANSWER_MARKERS:
+        if stripped.startswith(open_) and stripped.endswith(close):
+            inner = stripped[len(open_) : -len(close)]
+            if open_ not in inner and close not in inner:
+                return inner
+    for marker in STRICT_MARKERS:
+        if marker in answer:
+            raise SampleError("bad_reasoning_markers", f"a stray {marker} in the answer", origin)
+    return answer
+
+
+def split_inline_reasoning(content: str, origin: str = "") -> tuple[str | None, str]:
+    """Split a leading reasoning block off assistant content (``<think>`` or :data:`REASONING_MARKERS`).
+
+    ``<think>`` tags anywhere must be one balanced pair opening the turn (``bad_think_tags``: the
+    template itself reads them); the OpenThoughts markers likewise (``bad_reasoning_markers``); the
+    XML-like pairs count only when they open the turn (elsewhere they may be ordinary text).
+    """
+    reasoning, answer = _split_think(content, origin)
+    if reasoning is None:
+        reasoning, answer = _split_markers(content, origin)
+    if reasoning is None:
+        strict = any(m in content for m in STRICT_MARKERS)
+        return None, _unwrap_answer(content, origin) if strict else content
+    return reasoning, _unwrap_answer(answer, origin)
 
 
 def _tool_call(raw: Any, origin: str) -> ToolCall:
@@ -137,7 +228,7 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     """One OpenAI chat message as a :class:`Message`."""
     if not isinstance(raw, dict):
         raise SampleError("bad_message", f"message is {type(raw).__name__}, expected an object", origin)
-    role = raw.get("role")
+    role = "tool" if raw.get("role") == "function" else raw.get("role")  # legacy OpenAI function result
     if role not in ROLES:
         raise SampleError("unknown_role", f"role {role!r} (expected one of {', '.join(ROLES)})", origin)
     content = _text(raw.get("content"), f"{role} content", origin)
@@ -153,12 +244,18 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     if reasoning is not None and ("<think>" in reasoning or "</think>" in reasoning):
         raise SampleError("bad_think_tags", "think tags inside the reasoning text", origin)
     reasoning = reasoning.strip() if reasoning is not None else None
-    calls = tuple(_tool_call(c, origin) for c in (raw.get("tool_calls") or []))
+    legacy = [raw["function_call"]] if raw.get("function_call") else []  # the pre-tools OpenAI field
+    calls = tuple(_tool_call(c, origin) for c in (raw.get("tool_calls") or legacy))
     return Message(role="assistant", content=content.strip(), reasoning=reasoning or None, tool_calls=calls)
 
 
-def conversation_from_openai(row: dict[str, Any], origin: str = "") -> Conversation:
-    """A row ``{"messages": [...], "tools": [...]}`` as a validated :class:`Conversation`."""
+def conversation_from_openai(
+    row: dict[str, Any], origin: str = "", meta: dict[str, Any] | None = None
+) -> Conversation:
+    """A row ``{"messages": [...], "tools": [...]}`` as a validated :class:`Conversation`.
+
+    System messages with empty content are left out (no system message, not an empty one).
+    """
     raw_messages = row.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise SampleError("empty_conversation", "no 'messages' list (or it is empty)", origin)
@@ -167,10 +264,12 @@ def conversation_from_openai(row: dict[str, Any], origin: str = "") -> Conversat
         tools = load_json(tools, "bad_tools", "'tools'", origin) if tools.strip() else []
     if not isinstance(tools, list):
         raise SampleError("bad_tools", f"'tools' must be a list, got {type(tools).__name__}", origin)
+    messages = (message_from_openai(m, origin) for m in raw_messages)
     conv = Conversation(
-        messages=tuple(message_from_openai(m, origin) for m in raw_messages),
+        messages=tuple(m for m in messages if m.role != "system" or m.content.strip()),
         tools=tuple(_tool_schema(t, origin) for t in tools),
         origin=origin,
+        meta=dict(meta or {}),
     )
     validate(conv)
     return conv

@@ -63,7 +63,8 @@ class SourceConfig:
     subset: str | None = None
     """Hub dataset configuration name, if it has several."""
     format: FormatName = "auto"
-    """``openai`` | ``sharegpt`` | ``hermes_fc``; ``auto`` detects it per row."""
+    """``openai`` | ``sharegpt`` | ``hermes_fc`` | ``toolace`` | ``prompt_completion`` | ``alpaca``;
+    ``auto`` detects it per row (see :mod:`data_recipes.formats.detect`)."""
     recipe: RecipeName | None = None
     """``reasoning`` | ``plain`` | ``tool_use`` | ``json_schema`` | ``length_control`` (required)."""
     weight: float | None = None

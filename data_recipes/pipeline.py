@@ -7,8 +7,8 @@ stops the build) → post-render label rules → content digest. A row that fail
 becomes one record with an ``error`` reason and no tokens, so every input is accounted for; a row
 that ``expand`` splits becomes several records.
 
-Everything here is a pure function of the batch and a :class:`WorkerContext`, so ``datasets.map``
-can run it in worker processes (each loads the tokenizer once).
+Everything here is a pure function of the batch and a :class:`WorkerContext`, so the worker
+processes of :mod:`data_recipes.workers` can run it (they inherit the loaded tokenizer).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import xxhash
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.checks import CheckMode, audit, is_audited
-from data_recipes.formats.detect import detect_format, to_conversation
+from data_recipes.formats.detect import detect_format, read_row
 from data_recipes.messages import SampleError
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
@@ -34,7 +34,8 @@ RECORD_SCHEMA = pa.schema(
     [("source", pa.int32()), ("origin", pa.string()), ("format", pa.string()), ("error", pa.string()),
      ("detail", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
      ("length", pa.int32()), ("num_trained", pa.int32()), ("cut", pa.bool_()), ("fallback", pa.bool_()),
-     ("audited", pa.bool_()), ("digest_hi", pa.int64()), ("digest_lo", pa.int64())]
+     ("audited", pa.bool_()), ("digest_hi", pa.int64()), ("digest_lo", pa.int64()),
+     ("ignored", pa.list_(pa.string()))]
 )  # fmt: skip
 RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
 _TOKEN_COLUMNS = ("input_ids", "labels")
@@ -79,7 +80,7 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
         "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "fallback": False,
-        "audited": False, "digest_hi": 0, "digest_lo": 0,
+        "audited": False, "digest_hi": 0, "digest_lo": 0, "ignored": [],
     }  # fmt: skip
 
 
@@ -93,13 +94,14 @@ def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool, aud
         "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": int((labels != -100).sum()),
         "cut": cut, "fallback": sample.fallback, "audited": audited,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
+        "ignored": [],
     }  # fmt: skip
 
 
 def prepare_row(
     source: int, origin: str, raw: str, ctx: WorkerContext, tokenizer: PreTrainedTokenizerBase
-) -> tuple[str, list[Prepared | SampleError | Exception]]:
-    """The row's format and one prepared conversation (or error) per sample it yields."""
+) -> tuple[str, tuple[str, ...], list[Prepared | SampleError | Exception]]:
+    """The row's format, its ignored columns and one prepared conversation (or error) per sample."""
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
@@ -109,14 +111,15 @@ def prepare_row(
             raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
         if rules.format == "auto":
             fmt = detect_format(row, origin)
-        _, conv = to_conversation(row, fmt, origin)
+        read = read_row(row, fmt, origin)
+        conv = read.conversation
         convs = expand_history(conv) if ctx.history == "expand" else [conv]
     except SampleError as err:
-        return fmt, [err]
+        return fmt, (), [err]
     except (AssertionError, KeyboardInterrupt):
         raise
     except Exception as err:
-        return fmt, [err]
+        return fmt, (), [err]
     policy: Literal["last", "keep"] = "keep" if ctx.history == "keep" else "last"
     prepare = RECIPES[rules.recipe]
     out: list[Prepared | SampleError | Exception] = []
@@ -129,7 +132,7 @@ def prepare_row(
             raise
         except Exception as err:
             out.append(err)
-    return fmt, out
+    return fmt, read.ignored, out
 
 
 def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]:
@@ -137,8 +140,11 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
     tokenizer = get_tokenizer(ctx.tokenizer)
     slots: list[dict[str, Any] | None] = []
     pending: dict[tuple[bool, str], list[tuple[int, int, str, Prepared]]] = {}
+    ignored_at: dict[int, list[str]] = {}
     for source, origin, raw in zip(batch["source"], batch["origin"], batch["raw"], strict=True):
-        fmt, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        fmt, ignored, items = prepare_row(source, origin, raw, ctx, tokenizer)
+        if ignored:  # counted once per row, on its first record (whatever its fate)
+            ignored_at[len(slots)] = list(ignored)
         for item in items:
             if isinstance(item, Prepared):
                 key = (item.thinking, item.policy)
@@ -152,6 +158,8 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
             slots[slot] = record
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
+    for slot, names in ignored_at.items():
+        records[slot]["ignored"] = names
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}
 
 

@@ -226,5 +226,6 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     return h.hexdigest()[:16]
 
 
-def template_fingerprint() -> str:
-    return hashlib.sha256(chat_template_text().encode()).hexdigest()[:16]
+def template_fingerprint(text: str | None = None) -> str:
+    """The hash dataset manifests, checkpoints and exports record for a template (default: ours)."""
+    return hashlib.sha256((chat_template_text() if text is None else text).encode()).hexdigest()[:16]

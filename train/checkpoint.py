@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.fileio import fsync_dir, write_json
+
 CHECKPOINTS, LATEST, STATE_FILE, DS_TAG = "checkpoints", "latest", "hermes_state.json", "ds"
 STOP_FILE = "STOP"
 # Test hook: rank 0 SIGKILLs itself in the middle of saving this step (shards written, not yet complete).
@@ -40,24 +42,6 @@ FAULT_ENV = "HERMES_SFT_FAULT_KILL_IN_SAVE"
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON durably: temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -134,6 +118,26 @@ def check_compatible(state: dict[str, Any], ckpt: Path, expected: dict[str, Any]
         )
 
 
+def prepare_resume(
+    run_dir: Path, resume: str, expected: dict[str, Any], started_at: float
+) -> tuple[Path | None, list[str]]:
+    """Rank 0, before the engine exists: the checkpoint to resume from (checked against ``expected``),
+    after clearing what an interrupted run left (half-written checkpoints, the STOP file of the run it
+    stopped). Returns the path and a note per thing removed."""
+    path = resolve_resume(run_dir, resume)
+    if path is not None:
+        check_compatible(read_state(path), path, expected, explicit=resume not in ("auto", "never"))
+    notes = []
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        notes.append(f"removed incomplete checkpoint(s) from an interrupted save: {[p.name for p in stale]}")
+    stop_file = run_dir / STOP_FILE
+    if stop_file.exists() and stop_file.stat().st_mtime < started_at:  # from the run it stopped
+        stop_file.unlink()
+        notes.append(f"removed {stop_file} left by the previous stop")
+    return path, notes
+
+
 # ---------------------------------------------------------------------------------------------------- RNG
 
 
@@ -204,14 +208,14 @@ def save_checkpoint(
         for name, obj in files.items():
             write_json(tmp / name, obj)
         write_json(tmp / STATE_FILE, state | {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         pointer_tmp = root / f"{LATEST}.tmp"
         pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
         os.replace(pointer_tmp, root / LATEST)
-        _fsync_dir(root)
+        fsync_dir(root)
         prune(run_dir, keep_last)
     barrier()
     return final

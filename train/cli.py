@@ -15,7 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": (
         "data_recipes.cli_render",
-        "render OpenAI-format rows (JSONL, JSON, Parquet, datasets dir) to ids + labels on stdout",
+        "render rows of any format `data build` reads to ids + labels on stdout",
     ),
     "inspect": ("data_recipes.cli_inspect", "show a rendered sample with trained tokens highlighted"),
     "tokenizer": ("data_recipes.cli_tokenizer", "write the Hermes tokenizer + chat template to a folder"),
@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data inspect": ("data_recipes.cli_data_inspect", "show a packed row with sample boundaries"),
     "train": ("train.cli_train", "train with DeepSpeed ZeRO-3 (one rank, or --nproc-per-node N)"),
     "plan": ("train.plan", "memory / time plan for a config on N nodes x G GPUs"),
-    "export": ("train.export.cli", "export a checkpoint to BF16 / FP8 Hugging Face folders"),
-    "verify": ("train.export.verify_cli", "verify an exported folder (load, logits, template, parse)"),
+    "export": ("train.export.cli:EXPORT", "export a checkpoint to BF16 / FP8 Hugging Face folders"),
+    "verify": ("train.export.cli:VERIFY", "verify an exported folder (load, logits, template, parse)"),
     "demo": ("train.demo", "run the whole pipeline on the bundled sample data (CPU, minutes)"),
 }
 
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         parser.parse_args(argv or ["--help"])
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, attr = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    module = getattr(module, attr) if attr else module  # "module:ATTR" names a Command in that module
     leaf = leaves[name]
     module.add_arguments(leaf)
     # Options may follow positionals (`train CFG a=1 --nproc-per-node 2 b=2`).

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 
 from train.config import TrainConfig, batch_layout, load_train_config
+from train.ds_config import template_path
+from train.launch import apply_rank_env, spawn_local
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
         print(settings_text(cfg, args.config, args.world_size))
         return 0
     if args.nproc_per_node:
-        from train.launch import spawn_local
-
         child = [
             "-m",
             "train.cli",
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
             *(["--preflight"] if args.preflight else []),
         ]
         return spawn_local(args.nproc_per_node, child, args.master_port)
-    from train.launch import apply_rank_env
-
     apply_rank_env(args.local_rank)
+    # The command boundary: the preflight and the recipe load torch, transformers and PEFT (10-30 s), which
+    # `--check`, `--nproc-per-node` (the supervisor) and the SLURM dry run must not pay for.
     if args.preflight:
         from train.preflight import run_preflight
 
@@ -74,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = None) -> str:
     """The resolved settings as ``name = value`` lines (echoed by the SLURM scripts, which read output_dir)."""
-    from train.ds_config import template_path
-
     ds_path = template_path(cfg.distributed.deepspeed, Path(config_path).resolve().parent)
     model = f"preset {cfg.model.preset}" if cfg.model.preset else f"path {cfg.model.path}"
     if cfg.model.overrides:

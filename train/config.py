@@ -135,7 +135,7 @@ class ScheduleConfig:
 
 
 @dataclass
-class LoraSection:
+class LoraConfig:
     enabled: bool = False
     """Train a PEFT LoRA adapter instead of all weights."""
     r: int = 16
@@ -225,7 +225,7 @@ class TrainConfig:
     """Global / micro batch sizes."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """AdamW settings and gradient clipping."""
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA (off = full fine-tuning)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint cadence, retention and resume."""

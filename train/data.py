@@ -91,6 +91,17 @@ def check_manifest(manifest: dict[str, Any], tokenizer, path: str, max_seq_len: 
         )
 
 
+def dataset_identity(path: str | Path, tokenizer, manifest: dict[str, Any], num_rows: int) -> dict[str, Any]:
+    """What a checkpoint records about its training data; ``auto`` resume refuses another dataset."""
+    return {
+        "path": str(Path(path).resolve()),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "template_fingerprint": template_fingerprint(),
+        "config_hash": manifest.get("config_hash"),
+        "num_rows": num_rows,
+    }
+
+
 def load_splits(path: str | Path, train_split: str, eval_split: str | None):
     """(train, eval or None) ``datasets.Dataset`` objects, memory-mapped from DATASET_DIR."""
     from datasets import load_from_disk

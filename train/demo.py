@@ -23,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_recipes.messages import conversation_from_openai
+from data_recipes.render import RenderOptions, render_text
+from train.export.export import export_checkpoint
+from train.export.verify.report import parse_output
+
 REPO = Path(__file__).resolve().parents[1]
 CHAT_TOOLS = [
     {
@@ -113,7 +118,6 @@ def _first_loss(run_dir: Path) -> float:
 
 
 def export_model(run_dir: Path, out: Path, fmt: str, lora: bool) -> tuple[Stage, Any]:
-    from train.export.export import export_checkpoint
 
     stage = Stage(f"export {fmt}", path=str(out))
     start = time.perf_counter()
@@ -136,10 +140,6 @@ def chat(model_dir: Path) -> Stage:
     """Serve-side view: the exported tokenizer renders the chat exactly like training, and the model answers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from data_recipes.messages import conversation_from_openai
-    from data_recipes.render import RenderOptions, render_text
-    from train.export.parse import parse_output
 
     stage = Stage("chat (exported)", path=str(model_dir))
     start = time.perf_counter()

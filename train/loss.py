@@ -21,6 +21,19 @@ import torch.nn.functional as F
 from train.data import MicroBatch
 
 
+class NonFiniteLossError(ValueError):
+    """The loss of a step was NaN or inf; the step was not applied."""
+
+
+def nonfinite_loss_error(step: int, rows: list[int], data_path: str, last_checkpoint) -> NonFiniteLossError:
+    """The error for a step whose loss was not finite: which rows, and how to go on."""
+    where = f"resume from {last_checkpoint}" if last_checkpoint else "restart"
+    return NonFiniteLossError(
+        f"non-finite loss at step {step} in train rows {rows} of {data_path}; the step was not applied. "
+        f"Inspect the rows (`hermes-sft data inspect`), drop them or lower optim.lr, then {where}"
+    )
+
+
 def micro_ce_sum(model: torch.nn.Module, mb: MicroBatch, device: torch.device | None = None) -> torch.Tensor:
     """Sum of token CE (fp32) over the trained positions of one flattened micro-batch.
 

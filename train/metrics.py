@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from train.progress import StepStats, TrainingProgress
+
 # Dense bf16 TFLOP/s of one GPU (vendor datasheets, no sparsity). Longest matching name wins.
 GPU_PEAK_TFLOPS = {
     "B200": 2250.0,
@@ -100,6 +102,82 @@ class FlopModel:
         )
 
 
+class Throughput:
+    """Step times and FLOPs of this run → tokens/s per device and MFU. The run's averages leave out the
+    first step, which includes warm-up work."""
+
+    def __init__(self, world: int, peak_tflops: float | None) -> None:
+        self.world = world
+        self.peak_tflops = peak_tflops
+        self.times: list[float] = []
+        self.flops: list[float] = []
+
+    def add(self, seconds: float, flops: float) -> None:
+        self.times.append(seconds)
+        self.flops.append(flops)
+
+    def mfu(self, flops: float, seconds: float) -> float | None:
+        if not self.peak_tflops or seconds <= 0:
+            return None
+        return flops / seconds / self.world / (self.peak_tflops * 1e12)
+
+    def summary(self, tokens_per_step: float) -> dict[str, Any]:
+        steady = self.times[1:] or self.times
+        steady_flops = self.flops[1:] or self.flops
+        seconds = sum(steady)
+        return {
+            "steps_this_run": len(self.times),
+            "mean_step_time_sec": seconds / len(steady) if steady else None,
+            "tokens_per_sec_per_device": (tokens_per_step * len(steady) / seconds / self.world)
+            if seconds
+            else None,
+            "mfu": self.mfu(sum(steady_flops), seconds) if seconds else None,
+            "peak_tflops_per_device": self.peak_tflops,
+        }
+
+
+def step_record(
+    step: int, stats: StepStats, seconds: float, world: int, mfu: float | None, epoch: float
+) -> dict[str, Any]:
+    """One line of metrics.jsonl for a train step (the key order is the file's column order)."""
+    return {
+        "step": step,
+        "loss": stats.loss,
+        "lr": stats.lr,
+        "grad_norm": stats.grad_norm,
+        "tokens": stats.tokens,
+        "trained_tokens": stats.trained_tokens,
+        "trained_fraction": stats.trained_tokens / max(1, stats.tokens),
+        "step_time_sec": seconds,
+        "tokens_per_sec_per_device": stats.tokens / seconds / world,
+        "mfu": mfu,
+        "epoch": epoch,
+    }
+
+
+def run_summary(
+    status: str,
+    progress: TrainingProgress,
+    total_steps: int,
+    eval_loss: float | None,
+    throughput: Throughput,
+    **where: Any,
+) -> dict[str, Any]:
+    """RUN_DIR/summary.json: how the run ended, what it trained, how fast. ``where``: wall_time_sec,
+    resumed_from, checkpoint, run_dir and world_size, recorded as given."""
+    return {
+        "status": status,
+        "step": progress.step,
+        "total_steps": total_steps,
+        "final_loss": progress.last_loss,
+        "eval_loss": eval_loss,
+        "tokens_seen": progress.tokens_seen,
+        "trained_tokens_seen": progress.trained_tokens_seen,
+        **throughput.summary(progress.tokens_seen / max(1, progress.step)),
+        **where,
+    }
+
+
 class MetricsWriter:
     """Rank-0 sink for step metrics: JSON lines, TensorBoard, W&B and a progress bar."""
 
@@ -152,6 +230,17 @@ class MetricsWriter:
                 self._tb.add_scalar(tag, value, step)
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def log_step(self, record: dict[str, Any], write: bool) -> None:
+        """A train step: its record to the sinks when ``write`` (logging.every_steps), always the bar."""
+        if write:
+            self.log(record)
+        postfix = {
+            "loss": f"{record['loss']:.4f}",
+            "lr": f"{record['lr']:.2e}",
+            "tok/s/dev": f"{record['tokens_per_sec_per_device']:.0f}",
+        }
+        self.progress(record["step"], postfix)
 
     def progress(self, step: int, postfix: dict[str, str]) -> None:
         if self._bar is not None:

@@ -1,4 +1,4 @@
-"""Models: Llama-3.1 presets, loading under ZeRO-3, LoRA, and gathered safetensors writes.
+"""Models: Llama-3.1 presets, loading under ZeRO-3, the LoRA run's base weights, gathered safetensors writes.
 
 Two ways in, both partitioned by ZeRO-3 as they are built (a live ``HfDeepSpeedConfig`` makes
 transformers construct the model inside ``deepspeed.zero.Init``):
@@ -11,10 +11,12 @@ transformers construct the model inside ``deepspeed.zero.Init``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
 from data_recipes.tokenizer import BOS_ID, END_OF_TEXT_ID, EOM_ID, EOT_ID, PAD_ID, VOCAB_SIZE
-from train.config import LoraSection, ModelConfig
+from train.config import LoraConfig, ModelConfig
+from train.safetensors_io import save_tensors, write_index
 
 _LLAMA31_ROPE = {
     "rope_type": "llama3",
@@ -183,31 +186,49 @@ def build_model(
     return model
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraSection) -> torch.nn.Module:
-    """Wrap ``model`` in a PEFT LoRA model; only adapter weights train."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+def has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("model*.safetensors"))
 
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = sorted(set(lora.target_modules) - names)
-    if missing:
-        raise ValueError(f"lora.target_modules: the model has no modules named {missing}")
-    peft_cfg = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_cfg)
+
+def replace_model_source(model_cfg: ModelConfig, path: Path) -> ModelConfig:
+    """The same model settings, loading weights from ``path`` instead of building a preset."""
+    return dataclasses.replace(model_cfg, preset=None, path=str(path), overrides={})
+
+
+def write_base_model(
+    model: torch.nn.Module, hf_config, out: Path, rank: int, barrier: Callable[[], None]
+) -> None:
+    """RUN_DIR/base_model/: the initial weights of a config-built model (safetensors + config.json),
+    so a LoRA run's frozen base can be restored on resume and merged at export (collective)."""
+    tmp = out.with_name(out.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    write_safetensors(gather_to_rank0(model.named_parameters(), rank), tmp, rank)
+    if rank == 0:
+        hf_config.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    barrier()
+
+
+def check_model_fits_data(hf_config: PretrainedConfig, num_ids: int, rows_max: int) -> None:
+    """The model must embed every tokenizer id and position every token of the longest packed row."""
+    vocab = hf_config.vocab_size
+    if vocab < num_ids:
+        raise ValueError(f"the model's vocab_size {vocab} is smaller than the tokenizer's {num_ids} ids")
+    positions = getattr(hf_config, "max_position_embeddings", rows_max)
+    if rows_max > positions:
+        raise ValueError(f"rows are up to {rows_max} tokens but the model supports {positions} positions")
 
 
 def architecture_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
     return {k: v for k, v in sorted(hf_config.to_dict().items()) if k not in _NON_ARCH_KEYS}
 
 
-def model_fingerprint(hf_config: PretrainedConfig, lora: LoraSection) -> str:
+def model_fingerprint(hf_config: PretrainedConfig, lora: LoraConfig) -> str:
     """Identity of what is trained (architecture + LoRA shape); a checkpoint resumes only into the same."""
     payload: dict[str, Any] = {"architecture": architecture_dict(hf_config)}
     if lora.enabled:
@@ -216,30 +237,26 @@ def model_fingerprint(hf_config: PretrainedConfig, lora: LoraSection) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay, vectors (norms, biases) do not. Frozen parameters are left out."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        shape = getattr(p, "ds_shape", p.shape)  # ZeRO-3 keeps the real shape in ds_shape
-        (decay if len(shape) >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def meta_model(hf_config: PretrainedConfig) -> torch.nn.Module:
+    """The model on the meta device: exact shapes and counts, no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
 
 
 def param_counts(hf_config: PretrainedConfig) -> dict[str, int]:
     """Total / embedding / lm_head / largest-tensor parameter counts, from a meta-device instance."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+    model = meta_model(hf_config)
     total = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings()
     head_n = 0 if head is None or hf_config.tie_word_embeddings else head.weight.numel()
     largest = max(p.numel() for p in model.parameters())
     return {"total": total, "embedding": emb, "lm_head": head_n, "largest_tensor": largest}
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    """Trainable parameters of a (possibly ZeRO-3 partitioned) model: full sizes, not this rank's share."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
 
 
 def gather_to_rank0(
@@ -263,30 +280,30 @@ def write_safetensors(
     max_shard_bytes: int = 5 * 1024**3,
 ) -> None:
     """Write tensors as ``{stem}.safetensors`` (or shards + ``{stem}.safetensors.index.json``) on rank 0,
-    streaming so rank 0 holds at most one shard."""
-    from safetensors.torch import save_file
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    streaming so rank 0 holds at most one shard. The shapes are known only as the gathers arrive, so
+    shards are cut here and each is written by the one safetensors writer (``train.safetensors_io``)."""
+    shard: dict[str, torch.Tensor] = {}
     written: list[str] = []
     size = total = 0
     index: dict[str, int] = {}
 
     def flush() -> None:
-        nonlocal size
+        nonlocal shard, size
         path = out_dir / f"{stem}-tmp-{len(written):05d}.safetensors"
-        save_file(shards[-1], str(path), metadata={"format": "pt"})
+        save_tensors(path, shard)
         written.append(path.name)
-        shards[-1], size = {}, 0
+        shard, size = {}, 0
 
     for name, tensor in tensors:
         if rank != 0 or tensor is None:
             continue
-        if size and size + tensor.numel() * tensor.element_size() > max_shard_bytes:
+        nbytes = tensor.numel() * tensor.element_size()
+        if size and size + nbytes > max_shard_bytes:
             flush()
-        shards[-1][name] = tensor.contiguous()
+        shard[name] = tensor.contiguous()
         index[name] = len(written)
-        size += tensor.numel() * tensor.element_size()
-        total += tensor.numel() * tensor.element_size()
+        size += nbytes
+        total += nbytes
     if rank != 0:
         return
     flush()
@@ -296,7 +313,4 @@ def write_safetensors(
     names = [f"{stem}-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
     for old, new in zip(written, names, strict=True):
         os.replace(out_dir / old, out_dir / new)
-    weight_map = {k: names[i] for k, i in sorted(index.items())}
-    (out_dir / f"{stem}.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
-    )
+    write_index(out_dir, stem, {k: names[i] for k, i in index.items()}, total)

@@ -29,7 +29,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from train.config import TrainConfig, load_train_config
+from train.ds_config import load_template, offloads_optimizer, offloads_params
+from train.model import load_model_config, meta_model
 
 GB = 1e9
 RUNTIME_OVERHEAD_GB = 4.0
@@ -73,14 +77,8 @@ class MemoryPlan:
 
 
 def model_shape(cfg: TrainConfig) -> tuple[ModelShape, object]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from train.model import load_model_config
-
     hf = load_model_config(cfg.model, allow_missing_path=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf)
+    model = meta_model(hf)
     total = sum(p.numel() for p in model.parameters())
     trainable = total
     if cfg.lora.enabled:
@@ -138,8 +136,6 @@ def memory_plans(
 
 
 def active_plan_index(cfg: TrainConfig, config_dir: Path) -> int:
-    from train.ds_config import load_template, offloads_optimizer, offloads_params
-
     ds = load_template(cfg.distributed.deepspeed, config_dir)
     return 2 if offloads_params(ds) else 1 if offloads_optimizer(ds) else 0
 

@@ -14,12 +14,17 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
+from data_recipes.tokenizer import load_tokenizer
+from train import data as data_mod
 from train.config import TrainConfig, batch_layout
+from train.distributed import local_device, resolve_backend
+from train.ds_config import load_template
 
 
 def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_gpu: bool) -> list[str]:
-    from train.ds_config import load_template
-
     problems: list[str] = []
     host = socket.gethostname()
     try:
@@ -28,8 +33,6 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
     except ValueError as err:
         problems.append(str(err))
     if on_gpu:
-        import torch
-
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.device_count() < local_world:
             problems.append(
@@ -41,9 +44,6 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
 
 
 def _dataset_checks(cfg: TrainConfig, host: str) -> list[str]:
-    from data_recipes.tokenizer import load_tokenizer
-    from train import data as data_mod
-
     try:
         manifest = data_mod.read_manifest(cfg.data.path)
         data_mod.check_manifest(
@@ -82,9 +82,6 @@ def _shared_dir_check(run_dir: Path, rank: int, world: int, barrier) -> list[str
 
 
 def _collective_check(world: int, device) -> tuple[list[str], float]:
-    import torch
-    import torch.distributed as dist
-
     ones = torch.ones(4, device=device)
     dist.all_reduce(ones)
     problems = (
@@ -103,15 +100,9 @@ def _collective_check(world: int, device) -> tuple[list[str], float]:
 
 
 def run_preflight(cfg: TrainConfig, config_path: str) -> int:
-    import torch
-    import torch.distributed as dist
-
-    on_gpu = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if on_gpu:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
-    backend = cfg.distributed.backend if cfg.distributed.backend != "auto" else ("nccl" if on_gpu else "gloo")
+    device = local_device()
+    on_gpu = device.type == "cuda"
+    backend = resolve_backend(cfg.distributed.backend, device)
     dist.init_process_group(backend, timeout=timedelta(minutes=cfg.distributed.timeout_minutes))
     rank, world = dist.get_rank(), dist.get_world_size()
     problems = _local_checks(cfg, config_path, rank, world, on_gpu)

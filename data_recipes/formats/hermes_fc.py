@@ -1,14 +1,19 @@
 """Hermes function-calling rows (``NousResearch/hermes-function-calling-v1`` style).
 
-ShareGPT turns whose text carries the tool protocol as markup:
+ShareGPT turns (or OpenAI-shaped ``messages`` with ``role`` / ``content``, as some exports write
+them) whose text carries the tool protocol as markup:
 
 * ``system``: the tool signatures inside ``<tools>…</tools>`` (a JSON list, one JSON object per line,
   or a Python-literal list as in the public dataset). They become ``Conversation.tools``, which the
-  template writes back in its own canonical tool prompt. The rest of that system text is the old
-  protocol description (how to format calls), which would contradict the template's, so it is
-  dropped; a system turn *without* a ``<tools>`` block is kept as is.
+  template writes back in its own canonical tool prompt. Around that block the public rows mix two
+  things: the old protocol description ("You are a function calling AI model", where the tools are,
+  how to format a ``<tool_call>``, the pydantic call schema), which would contradict the template's
+  own tool paragraph and is removed sentence by sentence; and the task instructions ("You are an expert structured information extraction AI
+  model…"), which are kept as the system message. A system turn *without* a ``<tools>`` block is
+  kept as is.
 * ``gpt``: an optional leading ``<think>…</think>`` (reasoning), then text and ``<tool_call>``
-  blocks holding ``{"name", "arguments"}`` (JSON, or a Python literal). Calls written *inside* the
+  blocks holding ``{"name", "arguments"}`` (JSON, or a Python literal; a block written with literal
+  ``\\n`` escapes instead of newlines around it is read the same). Calls written *inside* the
   reasoning are interleaved thinking: they stay in the reasoning text (the ``tool_use`` recipe checks
   them and the builder masks any ``<tool_response>`` inside a trained turn).
 * ``tool``: one or more ``<tool_response>…</tool_response>`` blocks, one tool message each (the text
@@ -17,20 +22,38 @@ ShareGPT turns whose text carries the tool protocol as markup:
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from typing import Any
 
-from data_recipes.formats.openai import maybe_json
-from data_recipes.formats.openai import to_conversation as openai_to_conversation
+from data_recipes.formats.literals import loads_lenient, strip_block
+from data_recipes.formats.openai import read_tools
+from data_recipes.formats.protocol import drop_sentences
 from data_recipes.formats.sharegpt import conversations_to_messages, plain_turn
-from data_recipes.messages import Conversation, SampleError
+from data_recipes.messages import SampleError
 
 TOOLS_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 MARKERS = ("<tools>", "<tool_call>", "<tool_response>")
+COLUMNS = ("conversations", "messages", "tools", "functions")
+REMOVED = "\x00"  # stands for a removed <tools> / <tool_call> block while the system text is cut up
+# A sentence of a system turn that describes the old tool protocol rather than the task.
+PROTOCOL_RE = re.compile(
+    r"\x00|</?tools>|</?tool_call>|</?tool_response>|function signature|values to plug into"
+    r"|call one or more functions|pydantic model json schema|available (?:tools|functions)|XML tags"
+    r"|function calling AI model",
+    re.IGNORECASE,
+)
+
+
+def has_openai_markup(messages: Any) -> bool:
+    """True for OpenAI-shaped ``messages`` that carry the Hermes protocol as text (a ``<tools>`` block
+    in a system message, no structured ``tool_calls``): Hermes data exported as ``messages``."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return False
+    if any(m.get("tool_calls") for m in messages):
+        return False
+    return any(m.get("role") == "system" and "<tools>" in str(m.get("content")) for m in messages)
 
 
 def has_markup(turns: Any) -> bool:
@@ -43,21 +66,9 @@ def has_markup(turns: Any) -> bool:
     )
 
 
-def loads_lenient(text: str) -> Any:
-    """JSON, or a Python literal (the public Hermes FC data writes dicts with single quotes)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
-        raise ValueError(f"neither JSON nor a Python literal ({type(err).__name__})") from err
-
-
 def parse_tools(block: str, origin: str) -> list[Any]:
     """The tool signatures inside one ``<tools>`` block: a list, one object, or one object per line."""
-    block = block.strip()
+    block = strip_block(block)
     try:
         parsed = loads_lenient(block)
         return parsed if isinstance(parsed, list) else [parsed]
@@ -73,11 +84,19 @@ def parse_tools(block: str, origin: str) -> list[Any]:
     return tools
 
 
+def system_text(value: str) -> str:
+    """A Hermes system turn without its tool protocol: the ``<tools>`` block, the ``<tool_call>``
+    example and every sentence describing them are removed; the task instructions stay."""
+    return drop_sentences(CALL_RE.sub(REMOVED, TOOLS_RE.sub(REMOVED, value)), PROTOCOL_RE)
+
+
 def _system(value: str, origin: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    blocks = [b for b in TOOLS_RE.findall(value) if b.strip()]
+    blocks = [b for b in TOOLS_RE.findall(value) if strip_block(b)]
     if not blocks:
         return [{"role": "system", "content": value}], []
-    return [], [tool for block in blocks for tool in parse_tools(block, origin)]
+    tools = [tool for block in blocks for tool in parse_tools(block, origin)]
+    text = system_text(value)
+    return ([{"role": "system", "content": text}] if text else []), tools
 
 
 def _call(text: str, origin: str) -> dict[str, Any]:
@@ -117,12 +136,15 @@ def _tool(value: str, origin: str) -> list[dict[str, Any]]:
     if value.count("<tool_response>") != value.count("</tool_response>"):
         raise SampleError("bad_tool_response", "unbalanced <tool_response> tags in a tool turn", origin)
     blocks = RESPONSE_RE.findall(value)
-    return [{"role": "tool", "content": b.strip()} for b in blocks] or [{"role": "tool", "content": value}]
+    return [{"role": "tool", "content": strip_block(b)} for b in blocks] or [
+        {"role": "tool", "content": value}
+    ]
 
 
-def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
-    """A Hermes function-calling row as a validated :class:`Conversation`."""
-    if "conversations" not in row:
+def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], list[Any]]:
+    """A Hermes function-calling row's turns as OpenAI messages, and its tools (column + ``<tools>``)."""
+    turns = row["conversations"] if "conversations" in row else row.get("messages")
+    if turns is None:
         raise SampleError("no_messages", "format 'hermes_fc' needs a 'conversations' list", origin)
     tools: list[Any] = []
 
@@ -137,8 +159,5 @@ def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
             return _tool(value, origin)
         return plain_turn(role, value, origin)
 
-    messages = conversations_to_messages(row["conversations"], origin, parse_turn)
-    row_tools = maybe_json(row.get("tools"), "bad_tools", "'tools'", origin) or []
-    if not isinstance(row_tools, list):
-        row_tools = [row_tools]
-    return openai_to_conversation({"messages": messages, "tools": list(row_tools or []) + tools}, origin)
+    messages = conversations_to_messages(turns, origin, parse_turn)
+    return messages, read_tools(row, origin) + tools

@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from data_recipes.formats.openai import to_conversation as openai_to_conversation
-from data_recipes.messages import Conversation, SampleError, load_json
+from data_recipes.formats.literals import loads_lenient
+from data_recipes.formats.openai import read_tools
+from data_recipes.messages import SampleError, load_json
+
+COLUMNS = ("conversations", "tools", "functions")
 
 ROLE_MAP = {
     "system": "system",
@@ -50,8 +53,12 @@ def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
 
 
 def parse_function_call(value: str, origin: str) -> list[dict[str, Any]]:
-    """A ``function_call`` value (one JSON call or a list of them) as OpenAI ``tool_calls``."""
-    calls = load_json(value, "bad_tool_call", "the function_call value", origin)
+    """A ``function_call`` value (one call or a list of them, JSON or a Python literal) as OpenAI
+    ``tool_calls``."""
+    try:
+        calls = loads_lenient(value)
+    except ValueError as err:
+        raise SampleError("bad_tool_call", f"the function_call value is {err}", origin) from err
     calls = calls if isinstance(calls, list) else [calls]
     return [{"type": "function", "function": call} for call in calls]
 
@@ -87,9 +94,8 @@ def conversations_to_messages(
     return messages
 
 
-def to_conversation(row: dict[str, Any], origin: str = "") -> Conversation:
-    """A ShareGPT row as a validated :class:`Conversation`."""
+def read(row: dict[str, Any], origin: str = "") -> tuple[list[dict[str, Any]], list[Any]]:
+    """A ShareGPT row's turns as OpenAI messages, and its tools."""
     if "conversations" not in row:
         raise SampleError("no_messages", "format 'sharegpt' needs a 'conversations' list", origin)
-    messages = conversations_to_messages(row["conversations"], origin)
-    return openai_to_conversation({"messages": messages, "tools": row.get("tools")}, origin)
+    return conversations_to_messages(row["conversations"], origin), read_tools(row, origin)

@@ -82,7 +82,10 @@ def require_reasoning(conv: Conversation, policy: str) -> list[int]:
     for i in turns:
         if not conv.messages[i].reasoning:
             raise SampleError(
-                "missing_reasoning", f"trained assistant message {i} has no <think> block", conv.origin
+                "missing_reasoning",
+                f"trained assistant message {i} has no reasoning (no reasoning field, no leading <think>, "
+                "<|begin_of_thought|>, <reasoning> or <thinking> block)",
+                conv.origin,
             )
     return turns
 

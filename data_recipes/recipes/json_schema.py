@@ -1,12 +1,18 @@
 """``json_schema`` (structured output): the answer is JSON that validates against a given schema.
 
 The schema is read from the conversation itself, the way the model will see it: the last user turn
-before the trained reply, else the system turn. Inside that text it may sit in a fenced code block,
-in ``<schema>…</schema>``, or as bare JSON; the first JSON object that looks like a JSON Schema (has
-``type``, ``properties`` or ``$schema``) is used. The answer is the content of the last trained
-assistant turn, bare or in a fenced block or ``<json_output>…</json_output>`` (Atropos' format).
+before the trained reply, else the system turn. Inside that text, a ``<schema>…</schema>`` block wins
+(JSON, or a Python literal as in the published Hermes json-mode rows, whose system turn reads
+"Here's the json schema you must adhere to:\n<schema>\n{'title': …}\n</schema>"); otherwise the first
+JSON object, bare or fenced, that looks like a JSON Schema (has ``type``, ``properties`` or
+``$schema``). A schema written under its name, ``{'Name': {'type': 'object', …}}`` (json-mode-agentic),
+means an object with that one required property. When the text holds none, the row's own ``schema`` column is used
+(``Conversation.meta["schema"]``, read by :mod:`data_recipes.formats.columns`). The answer is the
+content of the last trained assistant turn, bare or in a fenced block or
+``<json_output>…</json_output>`` (Atropos' format).
 
-Drops: ``no_schema``, ``invalid_schema`` (the schema itself fails its metaschema), ``answer_not_json``,
+Drops: ``no_schema``, ``invalid_schema`` (the schema itself fails its metaschema, or a ``<schema>``
+block / ``schema`` column that is neither JSON nor a Python literal), ``answer_not_json``,
 ``schema_mismatch`` (with the validator's message).
 """
 
@@ -19,11 +25,13 @@ from typing import Any, Literal
 import jsonschema
 from transformers import PreTrainedTokenizerBase
 
+from data_recipes.formats.literals import loads_lenient
 from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes.common import Prepared, RecipeOptions, thinking_flag, trained
 
 FENCE_RE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.DOTALL)
 WRAP_RE = re.compile(r"^<json_output>(.*?)</json_output>$", re.DOTALL)
+SCHEMA_TAG_RE = re.compile(r"<schema>(.*?)</schema>", re.DOTALL)
 SCHEMA_KEYS = ("$schema", "type", "properties")
 _DECODER = json.JSONDecoder()
 
@@ -43,15 +51,57 @@ def json_objects(text: str) -> list[dict[str, Any]]:
     return found
 
 
+def unwrap_named_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema written as ``{"Name": {…schema…}}`` (as Hermes json-mode-agentic rows do, the answer
+    being ``{"Name": {…}}``) as the object schema it means; any other schema unchanged.
+
+    Read literally, ``"Name"`` is an unknown keyword and the schema would accept every answer."""
+    if len(schema) != 1 or any(k in schema for k in SCHEMA_KEYS):
+        return schema
+    ((name, inner),) = schema.items()
+    if not isinstance(inner, dict) or not any(k in inner for k in SCHEMA_KEYS):
+        return schema
+    return {"type": "object", "properties": {name: inner}, "required": [name]}
+
+
+def _tagged_schema(text: str, origin: str) -> dict[str, Any] | None:
+    """The first ``<schema>`` block of ``text``, parsed as JSON or a Python literal."""
+    for block in SCHEMA_TAG_RE.findall(text):
+        try:
+            schema = loads_lenient(block)
+        except ValueError as err:
+            raise SampleError("invalid_schema", f"the <schema> block is {err}", origin) from err
+        if not isinstance(schema, dict):
+            raise SampleError("invalid_schema", f"the <schema> block holds {type(schema).__name__}", origin)
+        return schema
+    return None
+
+
+def _column_schema(conv: Conversation) -> dict[str, Any] | None:
+    schema = conv.meta.get("schema")
+    if schema is None or isinstance(schema, dict):
+        return schema
+    try:
+        parsed = loads_lenient(str(schema))
+    except ValueError as err:
+        raise SampleError("invalid_schema", f"the 'schema' column is {err}", conv.origin) from err
+    if not isinstance(parsed, dict):
+        raise SampleError("invalid_schema", "the 'schema' column is not an object", conv.origin)
+    return parsed
+
+
 def find_schema(conv: Conversation, reply: int) -> dict[str, Any] | None:
-    """The schema stated before message ``reply``: last user turn first, then the system turn."""
+    """The schema stated before message ``reply`` (last user turn, then system turn), else the row's
+    ``schema`` column."""
     users = [m for m in conv.messages[:reply] if m.role == "user"]
     systems = [m for m in conv.messages[:reply] if m.role == "system"]
     for message in users[-1:] + systems:
+        if (tagged := _tagged_schema(message.content, conv.origin)) is not None:
+            return tagged
         for obj in json_objects(message.content):
             if any(k in obj for k in SCHEMA_KEYS):
                 return obj
-    return None
+    return _column_schema(conv)
 
 
 def parse_answer(content: str, origin: str) -> Any:
@@ -90,8 +140,12 @@ def prepare(
         raise SampleError("no_trained_tokens", "no assistant turn after the last user turn", conv.origin)
     reply = turns[-1]
     schema = find_schema(conv, reply)
+    if schema is not None:
+        schema = unwrap_named_schema(schema)
     if schema is None:
-        raise SampleError("no_schema", "no JSON schema in the user or system turn", conv.origin)
+        raise SampleError(
+            "no_schema", "no JSON schema in the user or system turn, and no 'schema' column", conv.origin
+        )
     check_answer(schema, parse_answer(conv.messages[reply].content, conv.origin), conv.origin)
     has_reasoning = any(conv.messages[i].reasoning for i in turns)
     return Prepared(conv, thinking_flag(conv, options, default=has_reasoning), policy)

@@ -9,7 +9,9 @@ the format by example):
 * calls written inside the reasoning (interleaved thinking: ``<tool_call>`` … ``<tool_response>``
   within one ``<think>`` block) are checked the same way, and must be strict JSON since they are
   trained as written;
-* with ``require_call`` (default), at least one call somewhere (``no_tool_call``).
+* with ``require_call`` (default), at least one call in the *trained* replies (``no_tool_call``): a
+  call that sits only in masked history (``history: last`` trains the final reply) teaches nothing
+  about calling, so such a conversation is dropped with that cause named.
 
 Tool results are never trained: ``tool`` turns are masked by the template, and results inside a
 reasoning block by :func:`~data_recipes.recipes.common.mask_inline_tool_responses`.
@@ -59,6 +61,13 @@ def inline_calls(reasoning: str, origin: str) -> list[tuple[str, Any]]:
     return calls
 
 
+def _call_names(m, origin: str) -> list[str]:
+    names = [c.name for c in m.tool_calls]
+    if m.reasoning:
+        names += [name for name, _ in inline_calls(m.reasoning, origin)]
+    return names
+
+
 def prepare(
     conv: Conversation,
     options: RecipeOptions,
@@ -68,11 +77,8 @@ def prepare(
     if not conv.tools:
         raise SampleError("no_tools", "a tool_use conversation must declare its tools", conv.origin)
     declared = declared_tools(conv)
-    num_calls = 0
-    for i, m in enumerate(conv.messages):
-        names = [c.name for c in m.tool_calls]
-        if m.reasoning:
-            names += [name for name, _ in inline_calls(m.reasoning, conv.origin)]
+    calls_per_turn = [_call_names(m, conv.origin) for m in conv.messages]
+    for i, names in enumerate(calls_per_turn):
         for name in names:
             if name not in declared:
                 raise SampleError(
@@ -80,10 +86,19 @@ def prepare(
                     f"message {i} calls {name!r}; declared: {', '.join(sorted(declared))}",
                     conv.origin,
                 )
-        num_calls += len(names)
-    if options.require_call and num_calls == 0:
-        raise SampleError(
-            "no_tool_call", "no tool call in the conversation (options.require_call)", conv.origin
+    turns = trained(conv, policy)
+    if options.require_call and not any(calls_per_turn[i] for i in turns):
+        in_history = sum(map(len, calls_per_turn))
+        where = (
+            f"; its {in_history} call(s) are in masked history (history: {policy}; "
+            "`history: expand` trains every reply)"
+            if in_history
+            else ""
         )
-    has_reasoning = any(conv.messages[i].reasoning for i in trained(conv, policy))
+        raise SampleError(
+            "no_tool_call",
+            f"no tool call in the trained reply (messages {turns}){where} (options.require_call)",
+            conv.origin,
+        )
+    has_reasoning = any(conv.messages[i].reasoning for i in turns)
     return Prepared(conv, thinking_flag(conv, options, default=has_reasoning), policy)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from train.config import load_train_config
 from train.data import collate, rank_slices
 from train.launch import apply_rank_env
-from train.loss import micro_ce_sum
+from train.loss import NonFiniteLossError, micro_ce_sum
 from train.model import gather_to_rank0
 
 
@@ -48,7 +48,7 @@ def reference_grads(recipe, full_state: dict | None) -> dict | None:
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-    rows = recipe.stream.rows(recipe.rows_consumed, recipe.layout.global_batch_size)
+    rows = recipe.stream.rows(recipe.progress.rows_consumed, recipe.layout.global_batch_size)
     vocab = recipe.hf_config.vocab_size
     micro = [
         collate(recipe.train_ds, r, vocab)
@@ -129,7 +129,7 @@ def nonfinite_check(recipe) -> dict:
     """Poison rank 1's loss for one more step: every rank must raise, naming rank 1's rows."""
     import train.recipe as recipe_mod
 
-    rows = recipe.stream.rows(recipe.rows_consumed, recipe.layout.global_batch_size)
+    rows = recipe.stream.rows(recipe.progress.rows_consumed, recipe.layout.global_batch_size)
     expected = sorted(r for mb in rank_slices(rows, recipe.layout, 1) for r in mb)
     original = recipe_mod.micro_ce_sum
 
@@ -140,8 +140,8 @@ def nonfinite_check(recipe) -> dict:
     recipe_mod.micro_ce_sum = poisoned
     try:
         recipe.accumulate(recipe.next_micro_batches())
-    except recipe_mod.NonFiniteLossError as err:
-        return {"raised": True, "message": str(err), "expected_rows": expected, "step": recipe.step + 1}
+    except NonFiniteLossError as err:
+        return {"raised": True, "message": str(err), "expected_rows": expected, "step": recipe.progress.step + 1}
     finally:
         recipe_mod.micro_ce_sum = original
     return {"raised": False}

@@ -22,7 +22,7 @@ SHARD_MB = 64
 
 @pytest.fixture(scope="module")
 def medium_model(tmp_path_factory) -> Path:
-    from train.export.fixtures import llama_config, save_llama
+    from tests.export_fixtures import llama_config, save_llama
 
     config = llama_config(
         hidden_size=512,
@@ -41,7 +41,7 @@ def medium_model(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])
 def test_export_memory_is_bounded_by_a_chunk_not_the_model(medium_model, tmp_path, fmt):
     src_bytes = sum(f.stat().st_size for f in medium_model.glob("*.safetensors"))
-    cmd = [sys.executable, "-m", "train.export.memprobe", str(medium_model), str(tmp_path / "out"), fmt]
+    cmd = [sys.executable, str(REPO / "bench" / "memprobe.py"), str(medium_model), str(tmp_path / "out"), fmt]
     cmd += ["--max-shard-size", f"{SHARD_MB}MB", "--chunk-mb", "16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

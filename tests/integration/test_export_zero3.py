@@ -19,7 +19,7 @@ import torch
 
 from train.cli import main as cli_main
 from train.export import export_checkpoint, verify_folder
-from train.export.safetensors_io import read_safetensors_folder
+from train.export.reading.tensors import read_safetensors_folder
 from train.launch import local_torchrun
 
 pytestmark = pytest.mark.integration
@@ -277,7 +277,7 @@ def test_checkpoint_of_another_model_config_is_refused(full_run, tmp_path):
 
 
 def test_lora_merge_against_a_base_of_other_shapes(lora_run, tmp_path):
-    from train.export.fixtures import llama_config, save_llama
+    from tests.export_fixtures import llama_config, save_llama
 
     config = json.loads((_step(lora_run) / "model_config.json").read_text())
     wrong = save_llama(
@@ -298,7 +298,7 @@ def test_lora_merge_against_a_base_of_other_shapes(lora_run, tmp_path):
 
 
 def test_fp8_names_layers_that_cannot_be_quantized(tmp_path, capsys):
-    from train.export.fixtures import llama_config, save_llama
+    from tests.export_fixtures import llama_config, save_llama
 
     src = save_llama(tmp_path / "odd", llama_config(intermediate_size=100), with_tokenizer=False)
     code = cli_main(["export", str(src), "--out", str(tmp_path / "o"), "--format", "fp8", "--quiet"])

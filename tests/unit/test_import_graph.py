@@ -170,9 +170,19 @@ def test_no_import_cycles_counting_imports_inside_functions():
     assert not cycles, "import cycles among project modules:\n" + "\n".join(cycles)
 
 
+# The one command boundary that loads project modules late: `hermes-sft train` must answer `--check`, the
+# `--nproc-per-node` supervisor and the SLURM dry run without importing torch/DeepSpeed, which the recipe
+# and the preflight pull in at their tops (10-30 s). (module, imported module) pairs, nothing else.
+COMMAND_BOUNDARY = {("train.cli_train", "train.preflight"), ("train.cli_train", "train.recipe")}
+
+
 def test_project_modules_are_imported_at_the_top_of_files():
     """Imports inside functions are for heavy third-party libraries at the command boundary only."""
-    inside = [imp for imp in project_imports() if imp.function is not None]
+    inside = [
+        imp
+        for imp in project_imports()
+        if imp.function is not None and (imp.source, imp.target) not in COMMAND_BOUNDARY
+    ]
     listing = "\n".join(f"  {imp.where}: {imp.target} inside {imp.function}()" for imp in inside)
     assert not inside, f"{len(inside)} project import(s) inside functions; move them to the top:\n{listing}"
 

@@ -8,32 +8,16 @@ Python API (what ``hermes-sft export`` / ``hermes-sft verify`` call)::
     report = verify_folder("out/r1-fp8", reference="runs/r1")              # -> VerifyReport
     print(report.table()); assert report.ok
 
-Imports are lazy so that ``import train.export`` stays cheap.
+Layout, imports one way (each layer imports only those before it):
+``reading`` (checkpoint / folder sources → lazy tensors) → ``writing`` (formats, sharded files, folder
+files) → ``verify`` (``report`` types at the bottom, folder checks, model checks) → ``export``
+(the orchestrator) → ``cli``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from train.export.export import ExportResult, export_checkpoint
-    from train.export.parse import parse_output
-    from train.export.verify import VerifyReport, verify_folder
+from train.export.export import ExportResult, export_checkpoint
+from train.export.verify import verify_folder
+from train.export.verify.report import VerifyReport, parse_output
 
 __all__ = ["ExportResult", "VerifyReport", "export_checkpoint", "parse_output", "verify_folder"]
-
-_WHERE = {
-    "ExportResult": "train.export.export",
-    "export_checkpoint": "train.export.export",
-    "VerifyReport": "train.export.verify",
-    "verify_folder": "train.export.verify",
-    "parse_output": "train.export.parse",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(name)

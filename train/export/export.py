@@ -18,17 +18,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.export.bf16 import bf16_outputs
-from train.export.card import CardInfo, model_card
-from train.export.files import write_config, write_generation_config, write_json, write_tokenizer
-from train.export.fp8 import Fp8Plan, fp8_outputs, plan_fp8, write_quantization_config
-from train.export.lora import adapter_tensors, export_adapter_config
-from train.export.safetensors_io import ShardedWriter, parse_size
-from train.export.source import Source, resolve_source
-from train.export.tensors import DEFAULT_CHUNK_BYTES, LazyTensor
-from train.export.verify import Reference, VerifyReport, verify_folder
-from train.export.weights import Weights, open_weights
-from train.export.writer import atomic_output_dir, check_target, write_outputs
+from train.export.reading.lora import adapter_tensors, export_adapter_config
+from train.export.reading.source import Source, Weights, open_weights, resolve_source
+from train.export.reading.tensors import DEFAULT_CHUNK_BYTES, LazyTensor
+from train.export.verify import verify_folder
+from train.export.verify.report import Reference, VerifyReport
+from train.export.writing.folder import (
+    CardInfo,
+    atomic_output_dir,
+    check_target,
+    model_card,
+    write_config,
+    write_generation_config,
+    write_outputs,
+    write_tokenizer,
+)
+from train.export.writing.formats import (
+    Fp8Plan,
+    bf16_outputs,
+    fp8_outputs,
+    plan_fp8,
+    write_quantization_config,
+)
+from train.fileio import write_json
+from train.safetensors_io import ShardedWriter, parse_size
 
 FORMATS = ("bf16", "fp8")
 
@@ -208,5 +221,7 @@ def _write_adapter(tmp: Path, job: _Job) -> ShardedWriter:
         if source.base_model_dir
         else source.adapter_config.get("base_model_name_or_path")
     )
-    write_json(tmp / "adapter_config.json", export_adapter_config(source.adapter_config, base))
+    write_json(
+        tmp / "adapter_config.json", export_adapter_config(source.adapter_config, base), sort_keys=False
+    )
     return writer
