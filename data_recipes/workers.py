@@ -25,6 +25,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_recipes.pipeline import RECORD_SCHEMA, WorkerContext, get_tokenizer, process_batch, record_batch
+from data_recipes.segments import segmenter_for
+from data_recipes.template_engine import compiled_template
 
 BATCH_ROWS = 128  # rows per process_batch call (one batched tokenizer call per render setting)
 TASKS_PER_WORKER = 16  # enough tasks that the last one to finish costs a few percent at most
@@ -51,7 +53,8 @@ def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: 
     from datasets.table import MemoryMappedTable, concat_tables
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    get_tokenizer(ctx.tokenizer)  # loaded once, here: the forked workers inherit it
+    segmenter_for(get_tokenizer(ctx.tokenizer))  # loaded once, here: the forked workers inherit them,
+    compiled_template()  # with the compiled chat template
     _init_worker(raw_path, out_dir, ctx, single=num_proc <= 1)
     tasks = list(enumerate(task_ranges(_raw_table().num_rows, num_proc)))
     bar = tqdm(total=_raw_table().num_rows, desc="render + tokenize", unit=" rows", disable=not progress)
