@@ -24,12 +24,11 @@ split counts as one sample). The manifest reports both (``num_inputs``, ``num_sa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_recipes import manifest as mf
-from data_recipes.mixture import MixtureConfig, sample_counts, split_validation
+from data_recipes.mixture import MixtureConfig, check_inputs, sample_counts, split_validation
+from data_recipes.outdir import check_out, owned_output
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
 from data_recipes.pipeline import SourceRules, WorkerContext, get_tokenizer
 from data_recipes.sources import SourceSpec, iter_rows, resolve
@@ -51,6 +51,7 @@ PACKED_SCHEMA = pa.schema(
 )
 RAW_BATCH_ROWS = 2048
 WRITE_BATCH_ROWS = 256
+COMMAND = "data build"
 
 
 @dataclass
@@ -80,11 +81,28 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool) -> list[SourceSpec]:
-    """Every source readable, the output folder free: checked before any work starts."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out_dir}: folder exists and is not empty (pass --overwrite to replace it)")
+def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool, inputs: list[Path]) -> list[SourceSpec]:
+    """Every source readable, the output folder usable (:func:`data_recipes.outdir.check_out`): checked
+    before any work starts."""
+    check_out(out_dir, overwrite, COMMAND, inputs)
     return [resolve(s.path, s.hub, s.split, s.subset) for s in cfg.sources]
+
+
+def build_inputs(cfg: MixtureConfig, extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The build's own inputs (sources, tokenizer, config): ``--out`` may never hold one of them."""
+    paths = [s.path for s in cfg.sources if s.path] + ([cfg.tokenizer] if cfg.tokenizer else []) + list(extra)
+    return [Path(p).resolve() for p in paths]
+
+
+def estimate_bytes(specs: list[SourceSpec]) -> int:
+    """A rough disk need for ``DiskFullError``: raw rows + sample records + packed rows are each about
+    two bytes per source byte (int32 ids and labels per ~4 bytes of text), repeats aside."""
+    local = [Path(s.location) for s in specs if s.kind != "hub"]
+    return 6 * sum(p.stat().st_size if p.is_file() else _folder_bytes(p) for p in local)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[dict[str, Any]]:
@@ -92,13 +110,13 @@ def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[di
     stats = []
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, RAW_SCHEMA) as writer:
         for i, spec in enumerate(specs):
-            digest, n = hashlib.sha256(), 0
+            digest, n = mf.content_hasher(), 0
             origins: list[str] = []
             raws: list[str] = []
             for origin, raw in tqdm(
                 iter_rows(spec), desc=f"read {spec.display}", unit=" rows", disable=not progress
             ):
-                digest.update(raw.encode("utf-8", errors="surrogatepass"))
+                digest.update(raw.encode("utf-8", errors="surrogatepass") + b"\0")  # NUL: never in JSON text
                 origins.append(origin)
                 raws.append(raw)
                 n += 1
@@ -106,7 +124,7 @@ def read_sources(specs: list[SourceSpec], path: Path, progress: bool) -> list[di
                     _write_raw(writer, i, origins, raws)
                     origins, raws = [], []
             _write_raw(writer, i, origins, raws)
-            stats.append({"num_inputs": n, "content_hash": digest.hexdigest()[:16]})
+            stats.append({"num_inputs": n, "content_hash": digest.hexdigest()})
     return stats
 
 
@@ -174,7 +192,7 @@ def select(cfg: MixtureConfig, cols: dict[str, np.ndarray]) -> Selection:
     train, val, selected = [], [], []
     for s, src in enumerate(cfg.sources):
         pool = np.flatnonzero(kept & (cols["source"] == s))
-        counts = sample_counts(len(pool), src, np.random.default_rng([cfg.seed, s, 0]))
+        counts = sample_counts(len(pool), src, np.random.default_rng([cfg.seed, s, 0]), cfg.max_repeat)
         chosen, reps = pool[counts > 0], counts[counts > 0]
         is_train, is_val = split_validation(
             chosen, cfg.validation_fraction, np.random.default_rng([cfg.seed, s, 1])
@@ -242,30 +260,27 @@ def build(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> BuildResult:
-    """Run the whole build; raises ``ValueError`` for user errors (bad source, ``--strict`` drops)."""
+    """Run the whole build; raises ``ValueError`` for user errors (bad source, ``--strict`` drops).
+
+    ``inputs``: more paths ``--out`` must not hold (the config file); the sources and the tokenizer
+    are always protected. See :mod:`data_recipes.outdir` for what ``overwrite`` may replace."""
     import datasets
 
     out = Path(out_dir)
-    specs = preflight(cfg, out, overwrite)
+    protected = build_inputs(cfg, inputs)
+    specs = preflight(cfg, out, overwrite, protected)
     tokenizer = get_tokenizer(cfg.tokenizer)  # fails early on a bad tokenizer path
     num_proc = num_proc or default_num_proc()
-    staging = out.with_name(out.name + f".tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / ".work").mkdir(parents=True)
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
-        manifest, timings = run_stages(cfg, specs, staging, tokenizer, num_proc, strict, progress)
-        shutil.rmtree(staging / ".work")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with owned_output(out, COMMAND, overwrite, protected, estimate_bytes(specs)) as staging:
+            (staging / ".work").mkdir()
+            manifest, timings = run_stages(cfg, specs, staging, tokenizer, num_proc, strict, progress)
+            shutil.rmtree(staging / ".work")
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
@@ -289,6 +304,7 @@ def run_stages(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     inputs = read_sources(specs, work / "raw.arrow", progress)
+    check_inputs(cfg, [i["num_inputs"] for i in inputs])
     timings["read_s"] = time.perf_counter() - t
     t, cpu = time.perf_counter(), cpu_seconds()
     samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
@@ -298,6 +314,7 @@ def run_stages(
     cols = mf.columns(samples)
     sel = select(cfg, cols)
     mf.enforce(cfg, sel.reason, cols, samples, strict)
+    mf.require_training_samples(cfg, sel, samples)
     splits, plans = {}, {}
     for salt, (name, items) in enumerate((("train", sel.train), ("validation", sel.validation))):
         plans[name] = pack_split(items, cols["length"], cfg, salt)

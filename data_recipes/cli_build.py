@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: the CPUs this process may use: affinity, SLURM_CPUS_PER_TASK)",
     )
     parser.add_argument("--strict", action="store_true", help="fail instead of dropping any sample")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if an earlier `data build` wrote it (never a folder holding other files)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. max_seq_len=8192 seed=1")
 
@@ -30,13 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     cfg = load_mixture(args.config, args.overrides)
-    num_proc = args.num_proc or default_num_proc()
+    num_proc = default_num_proc() if args.num_proc is None else args.num_proc
     if num_proc < 1:
         raise ValueError(f"--num-proc must be at least 1, got {num_proc}")
     if num_proc > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked; one thread each
     result = build(cfg, args.out, num_proc=num_proc, strict=args.strict, overwrite=args.overwrite,
-                   progress=not args.quiet)  # fmt: skip
+                   progress=not args.quiet, inputs=[args.config])  # fmt: skip
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
     for table in tables(result.manifest):
         console.print(table)

@@ -21,7 +21,8 @@ from typing import Any
 
 from data_recipes.checks import check_invariants
 from data_recipes.formats.detect import FORMAT_NAMES, read_row
-from data_recipes.messages import Conversation, SampleError, load_json
+from data_recipes.messages import Conversation, SampleError
+from data_recipes.pipeline import parse_row
 from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, expand_history, render
 from data_recipes.sources import iter_rows, resolve
 from data_recipes.tokenizer import load_tokenizer
@@ -34,7 +35,13 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="row format (default: auto, detected per row as `data build` does)",
     )
-    parser.add_argument("--thinking", action="store_true", help="use the deep-thinking system prompt")
+    parser.add_argument(
+        "--thinking",
+        "--enable-thinking",
+        dest="thinking",
+        action="store_true",
+        help="use the deep-thinking system prompt (the template's thinking / enable_thinking)",
+    )
     parser.add_argument(
         "--history",
         choices=HISTORY_POLICIES,
@@ -63,7 +70,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | SampleEr
     a datasets folder); a malformed row yields a SampleError instead of a row."""
     for origin, text in iter_rows(resolve(str(path))):
         try:
-            row = load_json(text, "malformed_json", "the row", origin)
+            row = parse_row(text, origin)  # the builder's checks: JSON, UTF-8, encodable text
         except SampleError as err:
             yield origin, err
             continue

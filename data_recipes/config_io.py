@@ -12,6 +12,8 @@ string or a misspelled key fails at load time with the file and the dotted key, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,23 +32,46 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _check_finite(value: Any, where: str) -> Any:
+    """NaN and infinities are refused anywhere in a config (also inside free-form ``Any`` values): a
+    ``lr: .nan`` or ``weight: .inf`` would otherwise pass ``--check`` and fail, or run forever, later."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    return value
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:  # `X | None`: X's own message (a Literal lists its values)
+        raise errors[0]
+    raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
-        return value
+        return _check_finite(value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+        return _coerce_union(value, tp, where)
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -72,12 +97,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _check_finite(float(value), where)
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads `1e-5` as a string; accept it as a number
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                return _check_finite(number, where)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -116,18 +143,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value (e.g. optim.lr=1e-5)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); quote it") from err
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b.c=value``; a number indexes a list (``sources.0.weight=2``)."""
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a mapping")
-        node[path[-1]] = value
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {part} is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {text!r}: {path[i - 1]} is not a mapping or a list")
     return data
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from data_recipes.config_io import to_dict
 from data_recipes.mixture import MixtureConfig, config_hash
@@ -30,6 +31,20 @@ from data_recipes.tokenizer import template_fingerprint, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
 MAX_EXAMPLES = 5
+
+
+def content_hasher() -> xxhash.xxh3_128:
+    """The per-source content hash: XXH3-128 over every row's text as read, each followed by a NUL."""
+    return xxhash.xxh3_128()
+
+
+def content_fingerprint(per_source: dict[str, dict[str, Any]]) -> str:
+    """One hash of the dataset's inputs: every source's label, content hash and row count, in config
+    order. Two builds with the same fingerprint read the same rows (what training resume compares)."""
+    h = xxhash.xxh3_128()
+    for label, entry in per_source.items():
+        h.update(json.dumps([label, entry["content_hash"], entry["num_inputs"]]).encode() + b"\n")
+    return h.hexdigest()
 
 
 def columns(samples) -> dict[str, np.ndarray]:
@@ -90,6 +105,28 @@ def enforce(
     raise ValueError(f"{why}: {int(limited.sum())} sample(s) would be dropped:\n" + "\n".join(lines))
 
 
+def require_training_samples(cfg: MixtureConfig, sel, samples) -> None:
+    """A build that would write no training sample (all weights / counts zero, every sample dropped)
+    is an error that says why, never an empty dataset and exit 0."""
+    if len(sel.train):
+        return
+    kept = int((sel.reason == "").sum())
+    summary = drop_summary(sel.reason, samples)
+    drops = "; ".join(
+        f"{name}: {n} (first: {summary['drop_details'][name][0]})" for name, n in summary["dropped"].items()
+    )
+    if len(sel.validation):
+        why = (
+            f"all {len(sel.validation)} selected sample(s) went to validation "
+            f"(validation_fraction: {cfg.validation_fraction:g}); lower it or add data"
+        )
+    elif kept:
+        why = f"{kept} sample(s) were kept, but the mixture selects none for training (weights / counts are zero?)"
+    else:
+        why = f"every one of the {len(sel.reason)} sample(s) was dropped ({drops})"
+    raise ValueError(f"the build would write an empty training set: {why}")
+
+
 def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
     tokens = int(cols["length"][records].sum())
     return {
@@ -136,6 +173,7 @@ def make_manifest(
     num_rows = sum(s["num_rows"] for s in splits.values())
     num_tokens = sum(s["num_tokens"] for s in splits.values())
     totals = drop_summary(sel.reason, samples)
+    per_source = _per_source(cfg, specs, inputs, cols, sel, samples)
     manifest = {
         "format_version": FORMAT_VERSION,
         "max_seq_len": cfg.max_seq_len,
@@ -157,7 +195,8 @@ def make_manifest(
         "num_trained_tokens": sum(s["num_trained_tokens"] for s in splits.values()),
         "packing_efficiency": num_tokens / (num_rows * cfg.max_seq_len) if num_rows else 1.0,
         "splits": splits,
-        "per_source": _per_source(cfg, specs, inputs, cols, sel, samples),
+        "per_source": per_source,
+        "content_fingerprint": content_fingerprint(per_source),
         "render": {
             "check": cfg.check_mode,
             "check_rate": cfg.check_rate if cfg.check_mode == "sample" else None,
@@ -182,7 +221,10 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / "manifest.json"
     if not path.is_file():
         raise ValueError(f"{dataset_dir}: no manifest.json (not a folder written by `hermes-sft data build`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err}); rebuild the dataset") from err
 
 
 def tables(manifest: dict[str, Any]) -> list:
@@ -207,6 +249,8 @@ def tables(manifest: dict[str, Any]) -> list:
         "tokenizer / template", f"{manifest['tokenizer_fingerprint']} / {manifest['template_fingerprint']}"
     )
     overview.add_row("config_hash", manifest["config_hash"])
+    if "content_fingerprint" in manifest:  # manifests of earlier builds lack it
+        overview.add_row("content_fingerprint", manifest["content_fingerprint"])
     if render := manifest.get("render"):  # absent in manifests written before the audit existed
         overview.add_row(
             "checks / audited / exact fallback",

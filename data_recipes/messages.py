@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from data_recipes.tag_placement import misplaced_tag
+
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
@@ -232,6 +234,8 @@ def message_from_openai(raw: Any, origin: str = "") -> Message:
     if role not in ROLES:
         raise SampleError("unknown_role", f"role {role!r} (expected one of {', '.join(ROLES)})", origin)
     content = _text(raw.get("content"), f"{role} content", origin)
+    if raw.get("content") is None and role in ("user", "tool"):  # a drop, never an empty turn
+        raise SampleError("missing_content", f"a {role} message without 'content'", origin)
     if role != "assistant":
         return Message(role=role, content=content, tool_call_id=raw.get("tool_call_id"), name=raw.get("name"))
     field_reasoning = next((raw[k] for k in REASONING_FIELDS if raw.get(k) is not None), None)
@@ -291,6 +295,21 @@ def _check_strings(conv: Conversation) -> None:
         )
 
 
+def _check_tags(conv: Conversation) -> None:
+    """Hermes tags only where the template writes them (``data_recipes/tag_placement.py``)."""
+    pieces = []
+    for i, m in enumerate(conv.messages):
+        pieces.append((m.content, "text", f"message {i}, {m.role} content"))
+        if m.reasoning:
+            pieces.append((m.reasoning, "reasoning", f"message {i}, reasoning"))
+        pieces += [(c.as_json(), "call", f"tool call {c.name!r} of message {i}") for c in m.tool_calls]
+    if conv.tools:
+        pieces.append((json.dumps(conv.tools, ensure_ascii=False), "tools", "the tool definitions"))
+    for text, slot, where in pieces:
+        if problem := misplaced_tag(text, slot, where):
+            raise SampleError("tag_out_of_place", problem, conv.origin)
+
+
 def validate(conv: Conversation) -> None:
     """Structural checks shared by every format and recipe. Raises :class:`SampleError`."""
     if not conv.messages:
@@ -323,6 +342,7 @@ def validate(conv: Conversation) -> None:
         else:
             pending = []
     _check_strings(conv)
+    _check_tags(conv)
 
 
 def to_template_messages(conv: Conversation) -> list[dict[str, Any]]:

@@ -132,6 +132,9 @@ class MixtureConfig:
     sample; ``false``: no checks. An audit failure stops the build (see ``data_recipes/checks.py``)."""
     check_rate: float = 0.01
     """Share of samples the ``check: sample`` audit covers (chosen by a hash of the rendered text)."""
+    max_repeat: float = 1000.0
+    """Largest multiple of a source's kept samples that its ``weight`` / ``count`` may ask for: a guard
+    against a typo such as ``count: 100000000`` on a 60-row source writing without bound."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -146,8 +149,16 @@ class MixtureConfig:
             )
         if not 0.0 < self.check_rate <= 1.0:
             raise ValueError(f"check_rate must be in (0, 1], got {self.check_rate}")
+        if not self.max_repeat >= 1.0:
+            raise ValueError(f"max_repeat must be at least 1, got {self.max_repeat}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        for src in self.sources:
+            if src.weight is not None and src.weight > self.max_repeat:
+                raise ValueError(
+                    f"source {src.label}: weight {src.weight:g} is over max_repeat: {self.max_repeat:g} "
+                    "(each kept sample that many times): lower it, or raise max_repeat if you mean it"
+                )
         labels = [s.label for s in self.sources]
         if len(set(labels)) != len(labels):
             dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -183,20 +194,50 @@ def config_hash(cfg: MixtureConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sample_counts(pool_size: int, source: SourceConfig, rng: np.random.Generator) -> np.ndarray:
+def sample_counts(
+    pool_size: int, source: SourceConfig, rng: np.random.Generator, max_repeat: float = 1000.0
+) -> np.ndarray:
     """How many times each of the pool's samples is taken (0, 1 or more), seeded.
 
     ``target = count`` or ``round(weight x pool_size)``: every sample ``target // pool_size`` times,
-    plus a random subset of ``target % pool_size`` samples once more.
+    plus a random subset of ``target % pool_size`` samples once more. A target over ``max_repeat`` x
+    the pool, or a ``count`` from a source with no kept sample, is a ``ValueError`` with the numbers.
     """
     weight = 1.0 if source.weight is None else source.weight
     target = source.count if source.count is not None else round(weight * pool_size)
+    asked = f"count: {source.count}" if source.count is not None else f"weight: {weight:g}"
+    if target > max_repeat * max(pool_size, 1):
+        raise ValueError(
+            f"source {source.label}: {asked} asks for {target:,} samples from {pool_size:,} kept "
+            f"({target / max(pool_size, 1):,.0f}x, over max_repeat: {max_repeat:g}): lower it, or raise "
+            "max_repeat if you mean it"
+        )
     if pool_size == 0:
+        if target > 0:
+            raise ValueError(f"source {source.label}: {asked} asks for {target:,} samples but none was kept")
         return np.zeros(0, dtype=np.int64)
     full, extra = divmod(target, pool_size)
     counts = np.full(pool_size, full, dtype=np.int64)
     counts[rng.choice(pool_size, size=extra, replace=False)] += 1
     return counts
+
+
+def check_inputs(cfg: MixtureConfig, num_inputs: list[int]) -> None:
+    """Checked right after reading, before any rendering: every source yielded rows (an empty file is
+    an error naming it, not an empty dataset), and no ``count`` is over ``max_repeat`` x its rows."""
+    for src, n in zip(cfg.sources, num_inputs, strict=True):
+        if src.count is not None and n and src.count > cfg.max_repeat * n:  # kept <= read: refuse now
+            raise ValueError(
+                f"source {src.label}: count: {src.count} asks for {src.count:,} samples from {n:,} rows "
+                f"({src.count / n:,.0f}x, over max_repeat: {cfg.max_repeat:g}): lower it, or raise "
+                "max_repeat if you mean it"
+            )
+    empty = [src.label for src, n in zip(cfg.sources, num_inputs, strict=True) if n == 0]
+    if empty:
+        raise ValueError(
+            f"source(s) with no rows: {', '.join(empty)} (empty file, split or folder): fix the file or "
+            "remove the source from the mixture"
+        )
 
 
 def split_validation(

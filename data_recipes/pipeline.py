@@ -14,6 +14,7 @@ processes of :mod:`data_recipes.workers` can run it (they inherit the loaded tok
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,10 +25,11 @@ from transformers import PreTrainedTokenizerBase
 
 from data_recipes.checks import CheckMode, audit, is_audited
 from data_recipes.formats.detect import detect_format, read_row
-from data_recipes.messages import SampleError
+from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes import RECIPES
 from data_recipes.recipes.common import Prepared, RecipeOptions, apply_label_rules
 from data_recipes.render import RenderedSample, RenderOptions, expand_history, render_batch
+from data_recipes.sources import NOT_UTF8
 from data_recipes.tokenizer import load_tokenizer
 
 RECORD_SCHEMA = pa.schema(
@@ -105,10 +107,7 @@ def prepare_row(
     rules = ctx.sources[source]
     fmt = "unknown" if rules.format == "auto" else rules.format
     try:
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+        row = parse_row(raw, origin)
         if rules.format == "auto":
             fmt = detect_format(row, origin)
         read = read_row(row, fmt, origin)
@@ -133,6 +132,65 @@ def prepare_row(
         except Exception as err:
             out.append(err)
     return fmt, read.ignored, out
+
+
+def parse_row(raw: str, origin: str) -> Any:
+    """A raw row's JSON, or a :class:`SampleError`: ``invalid_utf8`` (:data:`sources.NOT_UTF8`),
+    ``malformed_json``, ``unencodable_text`` (:func:`check_encodable`). ``render`` uses it too."""
+    if raw.startswith(NOT_UTF8):
+        raise SampleError("invalid_utf8", raw.removeprefix(NOT_UTF8), origin)
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise SampleError("malformed_json", f"{err.msg} at char {err.pos}", origin) from err
+    check_encodable(raw, row, origin)
+    return row
+
+
+# A JSON escape of a surrogate: rows without one (nearly all) skip the walk below. Literal surrogate
+# characters cannot reach here: sources.iter_rows turns undecodable bytes into NOT_UTF8 rows.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_encodable(raw: str, row: Any, origin: str) -> None:
+    """A row whose text cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``: valid JSON,
+    not valid text) is an ``unencodable_text`` drop here, before it reaches the tokenizer, whose batched
+    call would otherwise fail for the whole batch. The parsed row is walked only when the raw text
+    holds a surrogate escape (emoji pairs do; they encode fine)."""
+    if not SURROGATE_ESCAPE.search(raw):
+        return
+    stack: list[tuple[str, Any]] = [("row", row)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+            stack.extend((f"{where} key", k) for k in value)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                char = value[err.start].encode("unicode_escape").decode()
+                detail = f"lone surrogate {char} at char {err.start} of {where}: not encodable as UTF-8"
+                raise SampleError("unencodable_text", detail, origin) from None
+
+
+def render_guarded(
+    convs: list[Conversation], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
+) -> list[RenderedSample | SampleError]:
+    """:func:`render_batch`, with a batch that fails as a whole (the batched tokenizer call rejects one
+    text) retried one sample at a time, so the failure is that sample's ``tokenizer_error`` drop with
+    its origin, never a crashed build."""
+    try:
+        return render_batch(convs, tokenizer, options)
+    except (AssertionError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if len(convs) == 1:
+            detail = f"{type(err).__name__}: {err}"
+            return [SampleError("tokenizer_error", detail[:300], convs[0].origin)]
+        return [result for conv in convs for result in render_guarded([conv], tokenizer, options)]
 
 
 def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]:
@@ -170,7 +228,7 @@ def _render_group(
     tokenizer: PreTrainedTokenizerBase,
 ) -> list[dict[str, Any]]:
     """Records for prepared conversations that share render options: render, audit, label rules."""
-    results = render_batch([p.conv for *_, p in group], tokenizer, options)
+    results = render_guarded([p.conv for *_, p in group], tokenizer, options)
     audited = [
         isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
     ]

@@ -26,7 +26,6 @@ No policy ever renders an empty ``<think></think>``: a turn either shows its rea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -43,7 +42,6 @@ from data_recipes.tokenizer import BOS, BOS_ID, EOT
 
 HistoryPolicy = Literal["last", "expand", "keep"]
 HISTORY_POLICIES: tuple[str, ...] = ("last", "expand", "keep")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -180,9 +178,6 @@ def render_batch(
         except SampleError as err:
             results[slot] = err
             continue
-        if (bad := _lone_surrogate(text, conv.origin)) is not None:
-            results[slot] = bad
-            continue
         plan = segmenter.plan(text, spans) if segmenter is not None else None
         (whole if plan is None else cut).append((slot, conv, text, spans, plan))
     if cut:
@@ -192,7 +187,7 @@ def render_batch(
     if whole:
         encoded = exact_encode([t for _, _, t, _, _ in whole], tokenizer)
         for (slot, conv, text, spans, _), (ids, offsets) in zip(whole, encoded, strict=True):
-            results[slot] = _exact_sample(ids, offsets, conv, text, spans)
+            results[slot] = exact_sample(ids, offsets, conv, text, spans)
     if options.check:
         for slot, conv in enumerate(convs):
             if isinstance(sample := results[slot], RenderedSample):
@@ -208,21 +203,14 @@ def exact_encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> li
     return [(enc.ids, enc.offsets) for enc in encodings]
 
 
-def _exact_sample(ids, offsets, conv: Conversation, text: str, spans) -> RenderedSample | SampleError:
+def exact_sample(ids, offsets, conv: Conversation, text: str, spans) -> RenderedSample | SampleError:
+    """The slow path: the whole text's ids, labelled by their offsets (a token across an edge: dropped)."""
     try:
         return RenderedSample(
             ids, label_tokens(ids, offsets, spans, conv.origin), text, conv.origin, spans, True
         )
     except SampleError as err:
         return err
-
-
-def _lone_surrogate(text: str, origin: str) -> SampleError | None:
-    """The tokenizer cannot take a lone surrogate (a JSON ``\\ud800`` escape of half a UTF-16 pair)."""
-    if text.isascii() or (found := _SURROGATE.search(text)) is None:
-        return None
-    detail = f"lone surrogate U+{ord(found.group()):04X} at character {found.start()} of the rendered text"
-    return SampleError("invalid_unicode", detail, origin)
 
 
 def basic_check(sample: RenderedSample, conv: Conversation, options: RenderOptions) -> SampleError | None:

@@ -4,8 +4,9 @@ Every reader streams: JSONL line by line, a JSON array element by element (an in
 not ``json.load``), Parquet and ``datasets`` folders in record batches, the Hub with
 ``streaming=True``. Rows are passed on as JSON *text*, unparsed for JSONL, so that
 
-* a malformed line is not an exception here: the builder's workers fail to parse it and count it
-  (``malformed_json``) with its ``file:line``;
+* a malformed line (or array element: reading resumes at the next one) is not an exception here: the
+  builder's workers fail to parse it and count it (``malformed_json``) with its ``file:line``; so is a
+  line whose bytes are not UTF-8 (``invalid_utf8``);
 * heterogeneous rows (tool schemas, argument dicts of different shapes) are never forced into one
   Arrow struct type, which is how other pipelines null-pad or reject them.
 
@@ -23,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +32,12 @@ from typing import IO, Any, Literal
 
 SourceKind = Literal["jsonl", "json", "parquet", "datasets", "hub"]
 CHUNK_CHARS = 1 << 20
+MAX_INDENT = 256  # longest line prefix kept across buffer refills (JSON arrays)
 BATCH_ROWS = 1024
 OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+# A row whose bytes are not UTF-8 is passed on as this marker + a description (a NUL never starts JSON
+# text), so the worker counts it as an ``invalid_utf8`` drop with its file:line like any bad row.
+NOT_UTF8 = "\x00not utf-8: "
 
 
 @dataclass(frozen=True)
@@ -106,16 +112,29 @@ def resolve(
     return SourceSpec(kind, str(p), _display_path(p))
 
 
+def _undecodable(raw: str) -> str | None:
+    """Where a text row read with ``errors="surrogateescape"`` holds a byte that was not UTF-8."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"byte 0x{ord(raw[err.start]) & 0xFF:02x} at char {err.start} is not UTF-8"
+    return None
+
+
 def _open_text(path: Path) -> IO[str]:
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="surrogateescape")
     if path.name.lower().endswith(".parquet"):
         return open(path, encoding="latin-1")  # only probed for readability
-    return open(path, encoding="utf-8")
+    return open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes: see NOT_UTF8
 
 
 def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
-    """``(origin, json_text)`` for every row of the source, in order."""
+    """``(origin, json_text)`` for every row of the source, in order.
+
+    A row whose bytes are not UTF-8 is passed on as :data:`NOT_UTF8` + a description (a counted drop).
+    A file that cannot be read to its end (a truncated or corrupt ``.gz``, an I/O error) raises
+    ``ValueError`` naming the file and the last row read: a damaged file is never silently cut short."""
     readers = {
         "jsonl": _iter_jsonl,
         "json": _iter_json,
@@ -123,7 +142,26 @@ def iter_rows(spec: SourceSpec) -> Iterator[tuple[str, str]]:
         "datasets": _iter_datasets,
         "hub": _iter_hub,
     }
-    return readers[spec.kind](spec)
+    last = None
+    try:
+        for origin, raw in readers[spec.kind](spec):
+            last = origin
+            if not raw.isascii() and (bad := _undecodable(raw)):  # isascii: the fast path, a C scan
+                raw = NOT_UTF8 + bad
+            yield origin, raw
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error) as err:
+        after = f"after {last}" if last else "before its first row"
+        hint = (
+            "truncated or corrupt"
+            if isinstance(err, EOFError | zlib.error | gzip.BadGzipFile)
+            else "unreadable"
+        )
+        if isinstance(err, UnicodeDecodeError):
+            hint = "not UTF-8 text"
+        raise ValueError(
+            f"source {spec.display}: reading failed {after}: the file is {hint} ({type(err).__name__}: {err}); "
+            "fix or re-download it"
+        ) from err
 
 
 def _iter_jsonl(spec: SourceSpec) -> Iterator[tuple[str, str]]:
@@ -147,6 +185,13 @@ def _iter_json(spec: SourceSpec) -> Iterator[tuple[str, str]]:
 
 
 def _iter_json_array(f: IO[str], buf: str, display: str) -> Iterator[tuple[str, str]]:
+    """The elements of a top-level array, one at a time, with the line each starts on.
+
+    A malformed element is passed on as text (the worker counts it as ``malformed_json`` with its
+    line) and reading resumes at the next element: the next line that opens an object at the broken
+    element's indentation (how JSON writers lay out arrays of rows). Where that cannot be found (an
+    array written on one line, a file cut short) the file is refused as a whole, naming the line: an
+    array is never read halfway."""
     decoder = json.JSONDecoder()
     pos = buf.index("[") + 1
     line = 1 + buf.count("\n", 0, pos)
@@ -158,28 +203,61 @@ def _iter_json_array(f: IO[str], buf: str, display: str) -> Iterator[tuple[str, 
         if pos >= len(buf) and not eof:
             buf, pos, eof = _refill(f, buf, pos)
             continue
-        if pos >= len(buf) or buf[pos] == "]":
+        if pos >= len(buf):
+            raise ValueError(f"{display}:{line}: the JSON array is not closed: the file is truncated")
+        if buf[pos] == "]":
+            _check_rest(f, buf[pos + 1 :], display, line)
             return
         try:
             _, end = decoder.raw_decode(buf, pos)
-            broken = False
-        except json.JSONDecodeError:
-            end, broken = len(buf), True
-        if end >= len(buf) and not eof:  # maybe just cut by the chunk boundary: read on
+            error = None
+        except json.JSONDecodeError as err:
+            end, error = len(buf), err
+        resume = _next_element(buf, pos) if error else -1
+        if end >= len(buf) and resume < 0 and not eof:  # maybe just cut by the chunk boundary: read on
             buf, pos, eof = _refill(f, buf, pos)
             continue
-        # A malformed element is passed on as text and counted downstream with its line; an array
-        # cannot be resynchronised after it, so the rest of the file goes with it.
-        yield f"{display}:{line}", buf[pos:end]
-        if broken:
-            return
+        if error is not None:
+            if resume < 0:
+                raise ValueError(
+                    f"{display}:{line}: malformed element in the JSON array ({error.msg}), and the next "
+                    "element cannot be found after it (one-line array or truncated file): fix the element "
+                    "or convert the file to JSON Lines"
+                )
+            end = resume
+        yield f"{display}:{line}", buf[pos:end].rstrip(" \t\r\n,")
         line += buf.count("\n", pos, end)
         pos = end
 
 
+def _next_element(buf: str, pos: int) -> int:
+    """Where the element after the one starting at ``pos`` starts: the next line that opens an object
+    at the same indentation; -1 if the element does not start its line or no such line is buffered."""
+    newline = buf.rfind("\n", 0, pos)
+    indent = buf[newline + 1 : pos]
+    if newline < 0 or indent.strip():
+        return -1
+    hit = buf.find(f"\n{indent}{{", pos)
+    return hit + 1 if hit >= 0 else -1
+
+
+def _check_rest(f: IO[str], rest: str, display: str, line: int) -> None:
+    """Nothing but whitespace may follow the array's closing bracket."""
+    while True:
+        if rest.strip():
+            raise ValueError(f"{display}:{line}: content after the end of the JSON array")
+        rest = f.read(CHUNK_CHARS)
+        if not rest:
+            return
+
+
 def _refill(f: IO[str], buf: str, pos: int) -> tuple[str, int, bool]:
+    """More text after ``buf[pos:]``; the current line's start (its newline and indentation) is kept
+    so that :func:`_next_element` still sees the indentation of the element at ``pos``."""
     chunk = f.read(CHUNK_CHARS)
-    return buf[pos:] + chunk, 0, not chunk
+    keep = buf.rfind("\n", 0, pos)
+    keep = keep if keep >= 0 and pos - keep <= MAX_INDENT else pos
+    return buf[keep:] + chunk, pos - keep, not chunk
 
 
 def _json_default(value: Any) -> Any:

@@ -198,21 +198,29 @@ def _load_saved(folder: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def write_tokenizer_files(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """tokenizer.json, tokenizer_config.json (with ``chat_template``) and chat_template.jinja into an
+    existing ``folder``."""
+    tokenizer.save_pretrained(str(folder))
+    template = chat_template_text()
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(chat_template=template, add_bos_token=False, add_eos_token=False)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
-    """Write tokenizer.json, tokenizer_config.json (with ``chat_template``) and chat_template.jinja.
+    """Write the tokenizer files (:func:`write_tokenizer_files`) into a folder the caller owns (a
+    cache entry, a run's ``tokenizer/``); user-given ``--out`` folders go through
+    :mod:`data_recipes.outdir` instead.
 
     Written to a temporary folder and renamed, so a crash never leaves a half-written tokenizer.
     """
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(tmp))
-    template = chat_template_text()
-    (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
-    config_path = tmp / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.update(chat_template=template, add_bos_token=False, add_eos_token=False)
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_tokenizer_files(tokenizer, tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

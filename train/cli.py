@@ -1,7 +1,9 @@
 """``hermes-sft``: one entry point; each subcommand lives in its own module and is imported lazily
 (so ``hermes-sft render`` does not pay for importing DeepSpeed).
 
-A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Any exception a command
+raises ends as one line on stderr and exit 2 (input) or 1 (runtime) (:mod:`train.cli_errors`);
+``--debug`` anywhere on the line, or ``HERMES_SFT_DEBUG=1``, prints the traceback too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
+
+from train.cli_errors import debug_requested, describe
 
 # name -> (module, one-line help). Nested groups ("data build") use a space.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,28 +74,29 @@ def _pop_launcher_local_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _pop_launcher_local_rank(list(sys.argv[1:] if argv is None else argv))
+    debug, argv = debug_requested(_pop_launcher_local_rank(list(sys.argv[1:] if argv is None else argv)))
     parser, leaves = _build_parser()
     name = _selected(argv)
     if name is None:
         parser.parse_args(argv or ["--help"])
         return 2
-    module_name, _, attr = COMMANDS[name][0].partition(":")
-    module = importlib.import_module(module_name)
-    module = getattr(module, attr) if attr else module  # "module:ATTR" names a Command in that module
-    leaf = leaves[name]
-    module.add_arguments(leaf)
-    # Options may follow positionals (`train CFG a=1 --nproc-per-node 2 b=2`).
-    args = leaf.parse_intermixed_args(argv[len(name.split(" ")) :])
     try:
+        module_name, _, attr = COMMANDS[name][0].partition(":")
+        module = importlib.import_module(module_name)
+        module = getattr(module, attr) if attr else module  # "module:ATTR" names a Command in that module
+        leaf = leaves[name]
+        module.add_arguments(leaf)
+        # Options may follow positionals (`train CFG a=1 --nproc-per-node 2 b=2`).
+        args = leaf.parse_intermixed_args(argv[len(name.split(" ")) :])
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError) as err:
-        # User errors (bad config, bad input file) end with one clear line, not a stack trace.
-        print(f"hermes-sft {name}: error: {err}", file=sys.stderr)
-        return 2
+    except SystemExit:
+        raise
+    except BaseException as err:  # the one error boundary: one clear message, exit 2 (input) or 1 (runtime)
+        if debug:
+            traceback.print_exc()
+        code, message = describe(err)
+        print(f"hermes-sft {name}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from data_recipes.messages import conversation_from_openai
+from data_recipes.outdir import check_out, write_marker
 from data_recipes.render import RenderOptions, render_text
 from train.export.export import export_checkpoint
 from train.export.verify.report import parse_output
@@ -43,6 +44,7 @@ CHAT_TOOLS = [
         },
     }
 ]
+DEMO_ENTRIES = ("data", "run", "model-bf16", "model-fp8")
 CHAT = [{"role": "user", "content": "Should I take an umbrella in Paris today?"}]
 
 
@@ -56,7 +58,11 @@ class Stage:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="outputs/demo", help="demo folder (replaced on every run)")
+    parser.add_argument(
+        "--out",
+        default="outputs/demo",
+        help="demo folder (an earlier demo output there is replaced; anything else is refused)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full model")
@@ -189,11 +195,13 @@ def print_summary(stages: list[Stage], total: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
+    # Only a folder an earlier demo wrote (its marker lists these entries) is ever replaced.
+    out = check_out(args.out, overwrite=True, command="demo")
     if out.exists():
         print(f"replacing the previous demo output in {out}")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    write_marker(out, "demo", DEMO_ENTRIES)
     started = time.perf_counter()
     stages: list[Stage] = []
     try:

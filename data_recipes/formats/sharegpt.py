@@ -46,6 +46,8 @@ def _value(turn: Any, i: int, origin: str) -> tuple[str, str]:
         )
     value = turn.get("value", turn.get("content"))
     if value is None:
+        if ROLE_MAP[role] in ("user", "tool"):  # a drop, never an empty turn
+            raise SampleError("missing_content", f"turn {i} ({role}) has no 'value'", origin)
         value = ""
     if not isinstance(value, str):
         raise SampleError("non_string_content", f"turn {i} value is {type(value).__name__}", origin)

@@ -107,6 +107,7 @@ def test_bf16_export_equals_deepspeed_consolidation(full_run, bf16_export):
     assert gen["eos_token_id"] == [128009, 128001] and gen["temperature"] == 0.6
     card = (out / "README.md").read_text()
     assert "--tool-call-parser hermes" in card and "run.yaml" in card and "| template_parity | PASS" in card
+    assert "| round_trip | PASS" in card and "--reasoning-parser qwen3" in card
     checks = {c.name: c.status for c in bf16_export.verify.checks}
     assert set(checks.values()) == {"pass"}, checks
 

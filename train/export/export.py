@@ -18,9 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.export.reading.lora import adapter_tensors, export_adapter_config
 from train.export.reading.source import Source, Weights, open_weights, resolve_source
-from train.export.reading.tensors import DEFAULT_CHUNK_BYTES, LazyTensor
+from train.export.reading.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    LazyTensor,
+    adapter_tensors,
+    export_adapter_config,
+)
 from train.export.verify import verify_folder
 from train.export.verify.report import Reference, VerifyReport
 from train.export.writing.folder import (

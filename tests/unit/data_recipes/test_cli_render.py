@@ -46,12 +46,25 @@ def test_render_reports_bad_rows_with_file_line_and_reason(write_jsonl, capsys):
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
     assert (
-        f"{src}:2: malformed_json: the row is not valid JSON" in err
+        f"{src}:2: malformed_json: Expecting property name" in err  # the builder's wording
         and f"{src}:3: unknown_role: role 'robot'" in err
     )
     assert "dropped 2 (malformed_json: 1, unknown_role: 1)" in err
     assert main(["render", str(src), "--strict"]) == 2
     assert f"{src}:2: malformed_json" in capsys.readouterr().err
+
+
+def test_render_drops_unencodable_and_non_utf8_rows_like_the_builder(tmp_path, capsys):
+    """Issue 13: a lone surrogate crashed `render` for the whole file, naming no row."""
+    src = tmp_path / "in.jsonl"
+    surrogate = json.dumps(GOOD).replace("Hello!", "\\ud800").encode()
+    latin = json.dumps(GOOD).replace("Hello!", "caf\u00e9").encode("latin-1")
+    src.write_bytes(b"\n".join([json.dumps(GOOD).encode(), surrogate, latin]) + b"\n")
+    assert main(["render", str(src)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1
+    assert f"{src}:2: unencodable_text: lone surrogate \\ud800" in err
+    assert f"{src}:3: invalid_utf8: byte 0xe9" in err
 
 
 def test_render_flags_thinking_and_keep_cots(write_jsonl, capsys):
@@ -86,6 +99,7 @@ def test_inspect_marks_trained_tokens(capsys):
 def test_tokenizer_command_writes_the_three_files(tmp_path, capsys):
     assert main(["tokenizer", "--out", str(tmp_path / "tok")]) == 0
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [
+        ".hermes-sft-owner.json",
         "chat_template.jinja",
         "tokenizer.json",
         "tokenizer_config.json",

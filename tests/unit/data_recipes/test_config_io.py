@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -31,15 +31,16 @@ class Cfg:
     tokenizer: str | None = None
     optim: Optim = field(default_factory=Optim)
     sources: list[Source] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def test_loads_nested_and_applies_dotted_overrides(write_config):
     p = write_config(
         "# test config\nsteps: 5\noptim:\n  lr: 2.0e-5\nsources:\n  - path: a.jsonl\n    weight: 2\n",
     )
-    cfg = load_config(Cfg, p, ["optim.lr=1e-4", "history=keep", "tokenizer=null"])
+    cfg = load_config(Cfg, p, ["optim.lr=1e-4", "history=keep", "tokenizer=null", "sources.0.weight=3"])
     assert cfg.steps == 5 and cfg.optim.lr == 1e-4 and cfg.history == "keep" and cfg.tokenizer is None
-    assert cfg.sources == [Source(path="a.jsonl", weight=2.0)]
+    assert cfg.sources == [Source(path="a.jsonl", weight=3.0)]  # a number indexes a list
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,17 @@ def test_loads_nested_and_applies_dotted_overrides(write_config):
         ("steps: 1\n", ["optim"], "expected key=value"),
         ("- 1\n- 2\n", [], "top level must be a mapping"),
         ("steps: [1\n", [], "invalid YAML"),
+        ("steps: 1\n", ["steps=[1"], r"override 'steps=\[1': the value is not valid YAML"),
+        ("optim:\n  lr: .nan\n", [], r"optim\.lr: nan is not a finite number"),
+        ("steps: 1\n", ["optim.lr=inf"], r"optim\.lr: inf is not a finite number"),
+        ("steps: 1\n", ["optim.betas=[0.9, .inf]"], r"optim\.betas\[1\]: inf is not a finite number"),
+        ("extra:\n  a: {b: [1, .nan]}\n", [], r"extra\.a\.b\[1\]: nan is not a finite number"),
+        (
+            "history: expnad\n",
+            [],
+            r"'expnad' is not one of \['last', 'expand', 'keep'\] \(did you mean 'expand'\?\)",
+        ),
+        ("sources:\n  - path: a\n", ["sources.3.weight=1"], r"3 is not an index of a 1-item list"),
     ],
 )
 def test_rejects_bad_configs_with_file_and_key(write_config, text, overrides, message):

@@ -31,7 +31,10 @@ def test_load_resolves_paths_against_the_config_folder(tmp_path, write_config):
         ("sources:\n  - {path: a.jsonl, recipe: plain}\nmax_seq_lenn: 5\n", "unknown key"),
         ("sources:\n  - {path: a.jsonl, recipe: plain, weigth: 2}\n", "unknown key"),
         ("sources:\n  - {path: a.jsonl}\n", "'recipe' is required"),
-        ("sources:\n  - {path: a.jsonl, recipe: fancy}\n", "matches none"),
+        (
+            "sources:\n  - {path: a.jsonl, recipe: fancy}\n",
+            r"recipe: .fancy. is not one of \[.reasoning., .plain.",
+        ),
         ("sources:\n  - {path: a.jsonl, hub: x/y, recipe: plain}\n", "exactly one of"),
         ("sources:\n  - {path: a.jsonl, recipe: plain, weight: 1, count: 3}\n", "not both"),
         ("sources:\n  - {path: a.jsonl, recipe: length_control}\n", "budget is required"),
@@ -68,7 +71,9 @@ def test_weights_and_counts():
     assert counts(10, weight=0.0).sum() == 0
     assert counts(4, count=10).tolist().count(3) == 2 and counts(4, count=10).sum() == 10
     assert counts(10, count=3).sum() == 3
-    assert len(counts(0, count=5)) == 0
+    assert len(counts(0, weight=2.0)) == 0
+    with pytest.raises(ValueError, match="count: 5 asks for 5 samples but none was kept"):
+        counts(0, count=5)  # an exact count that cannot be met is an error, not 0 samples
     assert np.array_equal(counts(100, weight=0.37), counts(100, weight=0.37))  # seeded
 
 

@@ -14,9 +14,16 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from data_recipes.checks import find_violations
 from data_recipes.messages import Conversation, Message
-from data_recipes.render import IGNORE_INDEX, RenderOptions, basic_check, label_tokens, render_batch
+from data_recipes.render import (
+    IGNORE_INDEX,
+    RenderOptions,
+    basic_check,
+    exact_encode,
+    exact_sample,
+    label_tokens,
+    render_batch,
+)
 from data_recipes.segments import precondition_failure, segmenter_for
 
 ATOMS = [
@@ -109,15 +116,23 @@ def conv(content: str, reasoning: str | None = None) -> Conversation:
 
 
 def test_a_reply_with_an_unsafe_edge_takes_the_exact_path(tokenizer):
-    """The normalizer strips replies, but a conversation built in code may not be: still exact."""
-    options = RenderOptions(check=False)
-    fast, slow, broken = render_batch([conv("Hello"), conv(" Hello"), conv("\n\nHello")], tokenizer, options)
-    assert not fast.fallback and slow.fallback
-    whole = tokenizer.backend_tokenizer.encode(slow.text, add_special_tokens=False)
-    assert slow.input_ids == whole.ids
-    assert slow.labels == label_tokens(whole.ids, whole.offsets, slow.spans, "")
-    assert broken.reason == "span_boundary_in_token"  # "\n\n\n" is one token across the span edge
-    assert find_violations([(conv(" Hello"), slow)], tokenizer, options) == []
+    """The template trims replies, so its edges are always safe; a text whose edge is not (a reply
+    that starts with whitespace) is refused by the plan and the exact path labels it per token."""
+    (sample,) = render_batch([conv("Hello")], tokenizer, RenderOptions())
+    assert not sample.fallback
+    start = sample.spans[0][0]
+    for reply, exact in ((" Hello", True), ("\n\nHello", False)):  # "\n\n\n" is one token across the edge
+        text = sample.text[:start] + reply + sample.text[start + len("Hello") :]
+        spans = [(start, start + len(reply) + len("<|eot_id|>"))]
+        assert segmenter_for(tokenizer).plan(text, spans) is None
+        ((ids, offsets),) = exact_encode([text], tokenizer)
+        out = exact_sample(ids, offsets, conv(reply), text, spans)
+        if exact:
+            assert out.fallback and out.input_ids == encode(tokenizer, text)
+            assert out.labels == label_tokens(ids, offsets, spans, "")
+            assert tokenizer.decode([i for i in out.labels if i != IGNORE_INDEX]) == " Hello<|eot_id|>"
+        else:
+            assert out.reason == "span_boundary_in_token"
 
 
 def test_a_tokenizer_outside_the_proof_gets_no_segmenter_and_the_same_output(tokenizer):
@@ -137,12 +152,6 @@ def test_precondition_rejects_added_tokens_that_could_overlap(tokenizer):
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.add_tokens([AddedToken("a<b>", normalized=False)])
     assert "a<b>" in precondition_failure(PreTrainedTokenizerFast(tokenizer_object=backend))
-
-
-def test_lone_surrogates_are_a_counted_drop_not_a_crashed_batch(tokenizer):
-    good, bad = render_batch([conv("fine"), conv("half \ud800 pair")], tokenizer, RenderOptions())
-    assert good.num_trained > 0
-    assert bad.reason == "invalid_unicode" and bad.origin == "t.jsonl:7"
 
 
 def test_cheap_checks_catch_a_trained_text_that_is_not_the_assistant_body(tokenizer):

@@ -35,7 +35,49 @@ def test_json_array_with_a_broken_element_reports_it(tmp_path):
     p = tmp_path / "a.json"
     p.write_text('[{"a": 1},\n {"b": 2,,},\n {"c": 3}]')
     out = rows(p)
-    assert json.loads(out[0][1]) == {"a": 1} and out[1][0].endswith(":2") and len(out) == 2
+    assert [o.rsplit(":", 1)[1] for o, _ in out] == ["1", "2", "3"]
+    assert json.loads(out[0][1]) == {"a": 1} and json.loads(out[2][1]) == {"c": 3}
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out[1][1])
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+def test_json_array_elements_after_a_broken_one_are_still_read(tmp_path, monkeypatch, chunk):
+    """Issue 13: 100 elements, #50 broken → 100 rows (one malformed), not 50 and a silent stop."""
+    monkeypatch.setattr(sources, "CHUNK_CHARS", chunk)
+    elements = [
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}, indent=2) for i in range(100)
+    ]
+    elements[49] = '{\n  "messages": [ broken'
+    p = tmp_path / "a.json"
+    p.write_text("[\n" + ",\n".join("  " + e.replace("\n", "\n  ") for e in elements) + "\n]\n")
+    out = rows(p)
+    assert len(out) == 100
+    parsed = []
+    for _, text in out:
+        try:
+            parsed.append(json.loads(text)["messages"][0]["content"])
+        except json.JSONDecodeError:
+            parsed.append(None)
+    assert parsed == [f"q{i}" if i != 49 else None for i in range(100)]
+    starts = [int(o.rsplit(":", 1)[1]) for o, _ in out]
+    assert starts == sorted(starts) and starts[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"a": 1}, {"b": 2,,}, {"c": 3}]', r"a\.json:1: malformed element .*one-line array"),
+        ('[\n {"a": 1},\n {"b": 2}', r"a\.json:3: the JSON array is not closed"),
+        ('[\n {"a": 1},\n {"b": ', r"a\.json:3: malformed element"),
+        ('[\n {"a": 1}\n]\n{"b": 2}', r"a\.json:3: content after the end"),
+    ],
+)
+def test_json_array_that_cannot_be_read_to_its_end_is_refused(tmp_path, text, message):
+    p = tmp_path / "a.json"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        rows(p)
 
 
 def test_json_lines_with_json_extension(tmp_path):

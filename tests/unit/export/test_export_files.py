@@ -78,7 +78,8 @@ def test_model_card_has_data_config_and_serving():
     for needle in (
         "vllm serve ./ --enable-auto-tool-choice --tool-call-parser hermes",
         "--tool-call-parser qwen25",
-        '"chat_template_kwargs": {"thinking": True}',
+        '"chat_template_kwargs": {"enable_thinking": True}',  # the key the reasoning parsers read too
+        "--reasoning-parser qwen3",
         "| tokens | 12,345 |",
         "| packing efficiency | 99.00% |",
         "too_long: 1",

@@ -7,8 +7,13 @@ import math
 import pytest
 import torch
 
-from train.export.reading.lora import adapter_tensors, check_adapter_config, merged_view, split_peft
-from train.export.reading.tensors import InMemoryTensor
+from train.export.reading.tensors import (
+    InMemoryTensor,
+    adapter_tensors,
+    check_adapter_config,
+    merged_view,
+    split_peft,
+)
 
 
 def _peft_model(lora_kwargs, seed=0):

@@ -38,8 +38,14 @@ from typing import Any
 
 import torch
 
-from train.export.reading.lora import LoraAdapter, merged_view, split_peft
-from train.export.reading.tensors import LazyTensor, MmapTensor, read_safetensors_folder
+from train.export.reading.tensors import (
+    LazyTensor,
+    LoraAdapter,
+    MmapTensor,
+    merged_view,
+    read_safetensors_folder,
+    split_peft,
+)
 from train.export.reading.zero3 import open_zero3
 
 _STATES_RE = re.compile(r"zero_pp_rank_\d+_mp_rank_\d+_(model|optim)_states\.pt$")

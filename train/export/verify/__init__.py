@@ -10,6 +10,8 @@ Checks, in order (each a row of the report; a failed row makes the verify fail):
 ``template``        the chat template equals the training one byte for byte (and the dataset
                     manifest's fingerprint)
 ``template_parity`` ``apply_chat_template`` of the exported tokenizer == the training renderer's ids
+``round_trip``      generations split as vLLM / SGLang do (recommended parsers), echoed back and
+                    re-rendered by the exported tokenizer give the generated tokens again
 ``load``            ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it (FP8 decompressed through
                     compressed-tensors; adapters through PEFT on their base) with no missing or
                     unexpected weights
@@ -21,7 +23,8 @@ Checks, in order (each a row of the report; a failed row makes the verify fail):
                     ``<tool_call>``) without error; a forced ``<|eot_id|>`` ends generation
 
 Layout: ``report`` (check / result types, the tool-call parser) at the bottom, ``folder`` (file,
-config and template checks, the sample conversations), ``model`` (weights, load, logits, generate).
+config and template checks, the sample conversations), ``serving`` (the servers' splits and the
+round trip), ``model`` (weights, load, logits, generate).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from train.export.verify.folder import (
 )
 from train.export.verify.model import run_model_checks
 from train.export.verify.report import Reference, VerifyReport
+from train.export.verify.serving import check_round_trip
 
 
 def verify_folder(
@@ -76,6 +80,7 @@ def verify_folder(
     tokenizer = check_template_parity(report, folder, ref)
     if tokenizer is None:
         return report
+    check_round_trip(report, tokenizer)
     run_model_checks(
         report,
         folder,

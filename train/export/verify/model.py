@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from data_recipes.messages import conversation_from_openai, to_template_messages
 from data_recipes.tokenizer import EOT_ID
-from train.export.reading.lora import adapter_tensors
 from train.export.reading.source import build_config
-from train.export.reading.tensors import LazyTensor, read_safetensors_folder, row_chunks
+from train.export.reading.tensors import LazyTensor, adapter_tensors, read_safetensors_folder, row_chunks
 from train.export.verify.folder import CONVERSATIONS
 from train.export.verify.report import FAIL, PASS, SKIP, Reference, VerifyReport, parse_output
 from train.export.writing.formats import quantize_rows

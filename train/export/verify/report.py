@@ -13,9 +13,11 @@ Tool calls follow vLLM's ``hermes`` parser (``Hermes2ProToolParser.extract_tool_
 * content is the text before the first ``<tool_call>`` (``None`` when empty);
 * any failure (bad JSON, a missing key) makes the whole output plain content with no calls.
 
-Reasoning follows vLLM's ``qwen3`` reasoning parser (``<think>…</think>``): the text after an opening
-``<think>`` (if any) up to ``</think>`` is reasoning and the rest is content; without ``</think>`` the
-output is all content. Servers run the reasoning parser first and the tool parser on the content.
+Reasoning follows vLLM's ``qwen3`` reasoning parser (``<think>…</think>``) for a request with
+``enable_thinking: false``: the text after an opening ``<think>`` (if any) up to ``</think>`` is
+reasoning and the rest is content; without ``</think>`` the output is all content. Servers run the
+reasoning parser first and the tool parser on the content. Every server set-up, and the round trip
+of its split through the template, is in :mod:`train.export.verify.serving`.
 """
 
 from __future__ import annotations

@@ -301,52 +301,82 @@ def _summary(info: CardInfo) -> list[str]:
     return [*lines, ""]
 
 
+VLLM_COMMAND = (
+    "vllm serve {model} --enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser qwen3 \\\n"
+    "    --default-chat-template-kwargs '{{\"enable_thinking\": false}}'"
+)
+SGLANG_COMMAND = (
+    "python -m sglang.launch_server --model-path {model} --tool-call-parser qwen25 --reasoning-parser qwen3"
+)
+# The set-ups train/export/verify/serving.py restates; its round trip is exact for these commands only.
+SERVING_PITFALLS = [
+    "vLLM `--reasoning-parser qwen3` with `enable_thinking` neither in `--default-chat-template-kwargs` nor "
+    "in the request: a reply without `<think>` is all reasoning, so its answer and tool calls are lost",
+    "vLLM `--reasoning-parser deepseek_r1`: the same, whatever the request says",
+    "SGLang without `enable_thinking` in the request: a reply without `<think>` is reasoning up to its "
+    "first `<tool_call>` (or entirely)",
+    "no `--tool-call-parser hermes` (vLLM) / `qwen25` (SGLang): calls come back as text in `content`",
+]
+
+
 def _serving(info: CardInfo) -> list[str]:
     if info.fmt == "lora-adapter":
         base = info.base_model or "BASE_MODEL_DIR"
-        return [
-            "## Serve",
-            "",
-            "```bash",
-            f"vllm serve {base} --enable-lora --lora-modules hermes=./ \\",
-            "    --enable-auto-tool-choice --tool-call-parser hermes",
+        vllm = VLLM_COMMAND.format(
+            model=f"{base} --tokenizer ./ --enable-lora --lora-modules hermes=./ \\\n   "
+        )
+        engines = ["vLLM (the adapter folder holds the Hermes tokenizer and template):", "", "```bash", vllm]
+        engines += [
             "```",
             "",
-            "Or merge it first: `hermes-sft export CHECKPOINT --merge-lora --out DIR`.",
+            "SGLang: merge first (`hermes-sft export CHECKPOINT --merge-lora --out DIR`).",
             "",
         ]
+    else:
+        engines = [
+            "vLLM:",
+            "",
+            "```bash",
+            VLLM_COMMAND.format(model="./"),
+            "```",
+            "",
+            "SGLang:",
+            "",
+            "```bash",
+        ]
+        engines += [SGLANG_COMMAND.format(model="./"), "```", "", *_TRANSFORMERS]
     return [
         "## Serve",
         "",
-        "vLLM (tool calls parsed by its `hermes` parser):",
+        *engines,
+        "Reasoning mode is off by default. Turn it on per request with "
+        '`extra_body={"chat_template_kwargs": {"enable_thinking": True}}` (an alias of the template\'s '
+        "`thinking`, and the key the reasoning parsers read); on SGLang send `false` explicitly when it is "
+        "off. The parser decides from it whether a reply without `<think>` is an answer or unfinished "
+        "reasoning.",
         "",
-        "```bash",
-        "vllm serve ./ --enable-auto-tool-choice --tool-call-parser hermes",
-        "```",
+        "With these commands the server's split of a reply (`reasoning_content`, `content`, single or "
+        "parallel `tool_calls`) re-renders, when an agent sends it back, to exactly the tokens the model "
+        "generated (`hermes-sft verify`, row `round_trip`). What breaks otherwise:",
         "",
-        "SGLang:",
-        "",
-        "```bash",
-        "python -m sglang.launch_server --model-path ./ --tool-call-parser qwen25",
-        "```",
-        "",
-        "transformers:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'tok = AutoTokenizer.from_pretrained("./")',
-        'model = AutoModelForCausalLM.from_pretrained("./", dtype="auto")',
-        'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
-        '                              return_tensors="pt", return_dict=True)',
-        "out = model.generate(**ids, max_new_tokens=256)  # sampling and stop ids from generation_config.json",
-        "```",
-        "",
-        "Reasoning mode is off by default. Turn it on with the template flag `thinking=True`: "
-        "`apply_chat_template(..., thinking=True)`, or per request on an OpenAI-compatible server with "
-        '`extra_body={"chat_template_kwargs": {"thinking": True}}`. The model then opens its reply with '
-        "`<think>…</think>`; vLLM's `--reasoning-parser qwen3` splits it into `reasoning_content`.",
+        *[f"- {p}." for p in SERVING_PITFALLS],
         "",
     ]
+
+
+_TRANSFORMERS = [
+    "transformers:",
+    "",
+    "```python",
+    "from transformers import AutoModelForCausalLM, AutoTokenizer",
+    'tok = AutoTokenizer.from_pretrained("./")',
+    'model = AutoModelForCausalLM.from_pretrained("./", dtype="auto")',
+    'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
+    '                              enable_thinking=False, return_tensors="pt", return_dict=True)',
+    "out = model.generate(**ids, max_new_tokens=256)  # sampling and stop ids from generation_config.json",
+    "```",
+    "",
+]
 
 
 def _data(manifest: dict[str, Any] | None) -> list[str]:
