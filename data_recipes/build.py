@@ -41,7 +41,8 @@ from data_recipes import manifest as mf
 from data_recipes.mixture import MixtureConfig, check_inputs, sample_counts, split_validation
 from data_recipes.outdir import check_out, owned_output
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
-from data_recipes.pipeline import SourceRules, WorkerContext, get_tokenizer
+from data_recipes.pipeline import SourceRules, WorkerContext, get_tokenizer, process_batch
+from data_recipes.preference import process_pair_batch, sequence_lengths
 from data_recipes.sources import SourceSpec, iter_rows, resolve
 from data_recipes.workers import render_records
 
@@ -149,7 +150,8 @@ def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int
         check=cfg.check_mode,
         check_rate=cfg.check_rate,
     )
-    return render_records(raw_path, work / "records", ctx, num_proc, progress)
+    process = process_pair_batch if cfg.kind == "preference" else process_batch
+    return render_records(raw_path, work / "records", ctx, num_proc, progress, process)
 
 
 @dataclass
@@ -213,40 +215,44 @@ def pack_split(
 
 
 def packed_batches(
-    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray
+    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray, chosen: np.ndarray
 ) -> Iterator[pa.RecordBatch]:
-    """Stage 5: packed rows as Arrow record batches, built with takes and offsets (no per-token loop)."""
+    """Stage 5: packed rows as Arrow record batches, built with takes and offsets (no per-token loop).
+    A preference pair is one record and two sequences (positions restart at its rejected side)."""
     ids_col, labels_col = samples.data.column("input_ids"), samples.data.column("labels")
     for first in range(0, plan.num_rows, WRITE_BATCH_ROWS):
         last = min(first + WRITE_BATCH_ROWS, plan.num_rows)
         lo, hi = plan.row_offsets[first], plan.row_offsets[last]
         rec = records[lo:hi]
         lens = lengths[rec].astype(np.int64)
+        seq_lens, seqs_per_record = sequence_lengths(lens, chosen[rec])
         row_samples = plan.row_offsets[first : last + 1] - lo
         token_offsets = np.concatenate([[0], np.cumsum(lens)])[row_samples].astype(np.int32)
+        seq_offsets = np.concatenate([[0], np.cumsum(seqs_per_record)])[row_samples].astype(np.int32)
         take = pa.array(rec, pa.int64())
         ids = pa.concat_arrays(ids_col.take(take).chunks).flatten()
         labels = pa.concat_arrays(labels_col.take(take).chunks).flatten()
-        starts = np.repeat(np.cumsum(lens) - lens, lens)
-        positions = (np.arange(int(lens.sum())) - starts).astype(np.int32)
+        starts = np.repeat(np.cumsum(seq_lens) - seq_lens, seq_lens)
+        positions = (np.arange(int(seq_lens.sum())) - starts).astype(np.int32)
         columns = [
             pa.ListArray.from_arrays(token_offsets, ids),
             pa.ListArray.from_arrays(token_offsets, labels),
             pa.ListArray.from_arrays(token_offsets, pa.array(positions)),
-            pa.ListArray.from_arrays(row_samples.astype(np.int32), pa.array(lens.astype(np.int32))),
+            pa.ListArray.from_arrays(seq_offsets, pa.array(seq_lens.astype(np.int32))),
         ]
         yield pa.record_batch(columns, schema=PACKED_SCHEMA)
 
 
 def write_split(
-    samples, plan: PackPlan, records: np.ndarray, lengths: np.ndarray, path: Path, progress: bool
+    samples, plan: PackPlan, records: np.ndarray, cols: dict[str, np.ndarray], path: Path, progress: bool
 ):
     import datasets
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as writer:
         writer.write_table(PACKED_SCHEMA.empty_table())
         total = -(-plan.num_rows // WRITE_BATCH_ROWS)
-        for batch in tqdm(packed_batches(samples, plan, records, lengths), total=total, desc=f"write {path.stem}",
+        batches = packed_batches(samples, plan, records, cols["length"], cols["chosen_length"])
+        for batch in tqdm(batches, total=total, desc=f"write {path.stem}",
                           unit=" chunks", disable=not progress):  # fmt: skip
             writer.write_batch(batch)
     return datasets.Dataset.from_file(str(path))
@@ -321,7 +327,7 @@ def run_stages(
     timings["select_pack_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for name, (plan, records) in plans.items():
-        splits[name] = write_split(samples, plan, records, cols["length"], work / f"{name}.arrow", progress)
+        splits[name] = write_split(samples, plan, records, cols, work / f"{name}.arrow", progress)
     empty = {name: 1 for name, split in splits.items() if len(split) == 0}  # one (empty) shard, loadable
     datasets.DatasetDict(splits).save_to_disk(str(staging), num_shards=empty)
     timings["write_s"] = time.perf_counter() - t

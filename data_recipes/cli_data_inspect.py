@@ -25,16 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     color.add_argument("--no-color", dest="color", action="store_false", help="plain markers ⟦trained⟧")
 
 
-def describe_row(row: dict) -> list[str]:
-    """One line per sample: token range, length, trained tokens, position check."""
+def describe_row(row: dict, pairs: bool = False) -> list[str]:
+    """One line per sample (per pair side in a preference dataset): token range, length, trained tokens,
+    position check."""
     lines, start = [], 0
     labels, positions = np.asarray(row["labels"]), np.asarray(row["position_ids"])
     for k, n in enumerate(row["seq_lengths"]):
         end = start + n
         ok = np.array_equal(positions[start:end], np.arange(n))
         trained = int((labels[start:end] != -100).sum())
+        name = f"pair {k // 2} {('chosen', 'rejected')[k % 2]}" if pairs else f"sample {k}"
         lines.append(
-            f"  sample {k}: tokens [{start}, {end}) len {n}, {trained} trained, positions {'ok' if ok else 'BAD'}"
+            f"  {name}: tokens [{start}, {end}) len {n}, {trained} trained, positions {'ok' if ok else 'BAD'}"
         )
         start = end
     return lines
@@ -58,10 +60,12 @@ def run(args: argparse.Namespace) -> int:
     row = split[args.row]
     color = use_color() if args.color is None else args.color
     n_tokens, n_trained = len(row["input_ids"]), sum(x != -100 for x in row["labels"])
+    n_seqs, pairs = len(row["seq_lengths"]), manifest.get("kind") == "preference"
+    what = f"{n_seqs // 2} pairs ({n_seqs} sequences)" if pairs else f"{n_seqs} samples"
     print(f"{args.split} row {args.row} of {len(split)}: {n_tokens} tokens "
           f"({n_tokens / manifest['max_seq_len']:.1%} of {manifest['max_seq_len']}), "
-          f"{len(row['seq_lengths'])} samples, {n_trained} trained tokens")  # fmt: skip
-    print("\n".join(describe_row(row)))
+          f"{what}, {n_trained} trained tokens")  # fmt: skip
+    print("\n".join(describe_row(row, pairs)))
     if args.ids:
         print("input_ids:", row["input_ids"])
         print("labels:   ", row["labels"])

@@ -51,7 +51,8 @@ def columns(samples) -> dict[str, np.ndarray]:
     """The per-sample columns selection needs, as numpy arrays (no token lists)."""
     table = samples.data
     out = {}
-    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "fallback", "audited"):
+    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "chosen_length", "fallback",
+                 "audited"):  # fmt: skip
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
@@ -129,7 +130,10 @@ def require_training_samples(cfg: MixtureConfig, sel, samples) -> None:
 
 def _split_stats(plan, records: np.ndarray, cols: dict[str, np.ndarray], max_seq_len: int) -> dict[str, Any]:
     tokens = int(cols["length"][records].sum())
+    pairs = cols["chosen_length"][records] > 0
+    extra = {"num_pairs": int(pairs.sum())} if pairs.any() else {}
     return {
+        **extra,
         "num_rows": plan.num_rows,
         "num_samples": len(records),
         "num_tokens": tokens,
@@ -176,6 +180,7 @@ def make_manifest(
     per_source = _per_source(cfg, specs, inputs, cols, sel, samples)
     manifest = {
         "format_version": FORMAT_VERSION,
+        "kind": cfg.kind,  # preference: every sample is a chosen/rejected pair (two sequences per item)
         "max_seq_len": cfg.max_seq_len,
         "seed": cfg.seed,
         "history": cfg.history,
@@ -238,6 +243,9 @@ def tables(manifest: dict[str, Any]) -> list:
                 "num_rows", "num_tokens", "num_trained_tokens"):  # fmt: skip
         overview.add_row(key, f"{manifest[key]:,}")
     overview.add_row("dropped", f"{sum(manifest['dropped'].values()):,}")
+    if manifest.get("kind") == "preference":  # a sample is a chosen/rejected pair
+        pairs = sum(split.get("num_pairs", 0) for split in manifest["splits"].values())
+        overview.add_row("kind / pairs out", f"preference / {pairs:,}")
     overview.add_row("packing_efficiency", f"{manifest['packing_efficiency']:.4%}")
     for name, split in manifest["splits"].items():
         overview.add_row(f"{name} rows / samples", f"{split['num_rows']:,} / {split['num_samples']:,}")

@@ -103,6 +103,10 @@ class MixtureConfig:
 
     sources: list[SourceConfig]
     """The inputs, in priority order (dedup keeps the first occurrence)."""
+    kind: Literal["sft", "preference"] = "sft"
+    """``sft``: conversations, one sample each. ``preference``: chosen / rejected pairs for
+    ``objective: dpo`` (see :mod:`data_recipes.preference`); a pair counts as one sample, is packed as
+    one item, and both its sides must fit ``max_seq_len`` together."""
     max_seq_len: int = 16384
     """Packed row length in tokens; no sample is ever longer (see ``overlong``)."""
     seed: int = 0
@@ -159,6 +163,8 @@ class MixtureConfig:
                     f"source {src.label}: weight {src.weight:g} is over max_repeat: {self.max_repeat:g} "
                     "(each kept sample that many times): lower it, or raise max_repeat if you mean it"
                 )
+        if self.kind == "preference":
+            self._check_preference()
         labels = [s.label for s in self.sources]
         if len(set(labels)) != len(labels):
             dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -169,6 +175,22 @@ class MixtureConfig:
         if isinstance(self.check, bool):
             return "full" if self.check else "off"
         return self.check
+
+    def _check_preference(self) -> None:
+        if self.history == "expand":
+            raise ValueError(
+                "history: expand makes one sample per reply, but a preference pair compares one reply; "
+                "use history: last (or keep) with kind: preference"
+            )
+        for src in self.sources:
+            if src.format not in ("auto", "openai"):
+                raise ValueError(
+                    f"source {src.label}: kind: preference reads pairs of OpenAI-style messages "
+                    f"(TRL's prompt/chosen/rejected or full chosen/rejected conversations); format "
+                    f"{src.format!r} is for SFT conversations (use format: auto)"
+                )
+            if src.recipe == "length_control":
+                raise ValueError(f"source {src.label}: recipe length_control is not supported for pairs")
 
 
 def load_mixture(path: str | Path, overrides: list[str] | None = None) -> MixtureConfig:
@@ -190,6 +212,8 @@ def config_hash(cfg: MixtureConfig) -> str:
     data = to_dict(cfg)
     for src in data["sources"]:
         src.pop("path", None)
+    if data.get("kind") == "sft":
+        data.pop("kind")  # the default: SFT builds keep the hash they had before pairs existed
     text = json.dumps(data, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -37,8 +37,10 @@ RECORD_SCHEMA = pa.schema(
      ("detail", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
      ("length", pa.int32()), ("num_trained", pa.int32()), ("cut", pa.bool_()), ("fallback", pa.bool_()),
      ("audited", pa.bool_()), ("digest_hi", pa.int64()), ("digest_lo", pa.int64()),
-     ("ignored", pa.list_(pa.string()))]
+     ("ignored", pa.list_(pa.string())), ("chosen_length", pa.int32())]
 )  # fmt: skip
+# chosen_length: 0 for an SFT sample; for a preference pair (data_recipes/preference.py) the length of
+# its chosen side, which the packer uses to restart positions at the rejected side.
 RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
 _TOKEN_COLUMNS = ("input_ids", "labels")
 
@@ -82,11 +84,13 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
         "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "fallback": False,
-        "audited": False, "digest_hi": 0, "digest_lo": 0, "ignored": [],
+        "audited": False, "digest_hi": 0, "digest_lo": 0, "ignored": [], "chosen_length": 0,
     }  # fmt: skip
 
 
-def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool, audited: bool) -> dict[str, Any]:
+def _sample_record(
+    source: int, fmt: str, sample: RenderedSample, cut: bool, audited: bool = False
+) -> dict[str, Any]:
     ids = np.asarray(sample.input_ids, dtype=np.int32)
     labels = np.asarray(sample.labels, dtype=np.int32)
     digest = xxhash.xxh3_128_intdigest(ids.tobytes() + b"|" + labels.tobytes())
@@ -97,6 +101,7 @@ def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool, aud
         "cut": cut, "fallback": sample.fallback, "audited": audited,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
         "ignored": [],
+        "chosen_length": 0,
     }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -32,7 +32,8 @@ BATCH_ROWS = 128  # rows per process_batch call (one batched tokenizer call per 
 TASKS_PER_WORKER = 16  # enough tasks that the last one to finish costs a few percent at most
 MAX_TASK_ROWS = 4096
 
-_WORKER: dict[str, object] = {}  # per process: the raw table, the output folder, the context
+_WORKER: dict[str, object] = {}  # per process: the raw table, the output folder, the context, the function
+BatchFn = Callable[[dict[str, list], WorkerContext], dict[str, list]]
 
 
 def task_ranges(num_rows: int, num_proc: int) -> list[tuple[int, int]]:
@@ -47,19 +48,27 @@ def read_stream(path: Path) -> pa.Table:
     return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()  # the map lives as long as the table
 
 
-def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: int, progress: bool):
-    """Render every raw row into sample records; returns them as one memory-mapped ``Dataset``."""
+def render_records(
+    raw_path: Path,
+    out_dir: Path,
+    ctx: WorkerContext,
+    num_proc: int,
+    progress: bool,
+    process: BatchFn = process_batch,
+):
+    """Render every raw row into sample records with ``process`` (:func:`process_batch` for SFT rows,
+    ``preference.process_pair_batch`` for pairs); returns them as one memory-mapped ``Dataset``."""
     import datasets
     from datasets.table import MemoryMappedTable, concat_tables
 
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter_for(get_tokenizer(ctx.tokenizer))  # loaded once, here: the forked workers inherit them,
     compiled_template()  # with the compiled chat template
-    _init_worker(raw_path, out_dir, ctx, single=num_proc <= 1)
+    _init_worker(raw_path, out_dir, ctx, process, single=num_proc <= 1)
     tasks = list(enumerate(task_ranges(_raw_table().num_rows, num_proc)))
     bar = tqdm(total=_raw_table().num_rows, desc="render + tokenize", unit=" rows", disable=not progress)
     with bar:
-        for rows in _run_all(tasks, raw_path, out_dir, ctx, num_proc):
+        for rows in _run_all(tasks, (raw_path, out_dir, ctx, process), num_proc):
             bar.update(rows)
     # One Dataset over the memory-mapped task files (Dataset.from_file per file costs ~8 ms each).
     return datasets.Dataset(
@@ -67,7 +76,7 @@ def render_records(raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: 
     )
 
 
-def _run_all(tasks, raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc: int) -> Iterator[int]:
+def _run_all(tasks, init: tuple, num_proc: int) -> Iterator[int]:
     if num_proc <= 1 or len(tasks) == 1:
         yield from map(_run_task, tasks)
         return
@@ -77,7 +86,7 @@ def _run_all(tasks, raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc:
         min(num_proc, len(tasks)),
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
-        initargs=(raw_path, out_dir, ctx, False),
+        initargs=(*init, False),
     )
     try:
         for done in as_completed([pool.submit(_run_task, task) for task in tasks]):
@@ -90,10 +99,10 @@ def _run_all(tasks, raw_path: Path, out_dir: Path, ctx: WorkerContext, num_proc:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_worker(raw_path: Path, out_dir: Path, ctx: WorkerContext, single: bool) -> None:
+def _init_worker(raw_path: Path, out_dir: Path, ctx: WorkerContext, process: BatchFn, single: bool) -> None:
     if not single:  # one tokenizer thread per worker process
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(raw=read_stream(raw_path), out_dir=out_dir, ctx=ctx)
+    _WORKER.update(raw=read_stream(raw_path), out_dir=out_dir, ctx=ctx, process=process)
 
 
 def _raw_table() -> pa.Table:
@@ -113,5 +122,5 @@ def _run_task(task: tuple[int, tuple[int, int]]) -> int:
         writer.write_table(RECORD_SCHEMA.empty_table())
         for first in range(start, stop, BATCH_ROWS):
             rows = _raw_table().slice(first, min(BATCH_ROWS, stop - first)).to_pydict()
-            writer.write_batch(record_batch(process_batch(rows, ctx)))
+            writer.write_batch(record_batch(_WORKER["process"](rows, ctx)))  # type: ignore[operator]
     return stop - start

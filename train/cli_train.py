@@ -89,6 +89,7 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
         ("output_dir", str(Path(cfg.output_dir).resolve())),
         ("model", model),
         ("lora", lora),
+        ("objective", objective_text(cfg)),
         ("data", f"{cfg.data.path} (max_seq_len {cfg.data.max_seq_len or 'from manifest'})"),
         (
             "batch",
@@ -96,8 +97,14 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
         ),
     ]
     if world_size:
-        layout = batch_layout(cfg.batch, world_size)
-        rows.append(("grad_accum", f"{layout.grad_accum} (world size {world_size})"))
+        layout = batch_layout(cfg.batch, world_size, cfg.distributed.sequence_parallel)
+        sp = f", {layout.data_parallel} data-parallel x {layout.sequence_parallel} sequence-parallel"
+        rows.append(
+            (
+                "grad_accum",
+                f"{layout.grad_accum} (world size {world_size}{sp if layout.sequence_parallel > 1 else ''})",
+            )
+        )
     rows += [
         (
             "schedule",
@@ -117,3 +124,13 @@ def settings_text(cfg: TrainConfig, config_path: str, world_size: int | None = N
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}} = {v}" for k, v in rows)
+
+
+def objective_text(cfg: TrainConfig) -> str:
+    if cfg.objective != "dpo":
+        return "sft (cross-entropy on trained tokens)"
+    d = cfg.dpo
+    reference = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
+    extra = f", label_smoothing {d.label_smoothing:g}" if d.label_smoothing else ""
+    extra += f", rpo_alpha {d.rpo_alpha:g}" if d.rpo_alpha else ""
+    return f"dpo ({d.loss_type}, beta {d.beta:g}{extra}; reference {reference})"

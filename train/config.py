@@ -37,11 +37,18 @@ class ModelConfig:
     """A Llama-3.1 tokenizer folder; null = the built-in Hermes tokenizer. Must match the dataset's."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Compute / parameter dtype. auto = bfloat16 on GPU, float32 on CPU (bf16 matmuls are slow there)."""
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """auto = flash_attention_2 (varlen over packed samples) on GPU when flash_attn is installed, else sdpa
-    with the block-causal mask transformers derives from position_ids."""
+    attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = (
+        "auto"
+    )
+    """How packed samples attend only to themselves (train/attention.py). varlen = PyTorch's variable-length
+    flash attention (torch >= 2.10, CUDA), cu_seqlens from position_ids; flex_attention = FlexAttention with a
+    document mask from position_ids; sdpa = a dense block-causal mask (O(T^2) memory). auto on GPU: the
+    flash-attn package if installed, else varlen, else flex_attention, else sdpa (with a warning); sdpa on CPU."""
     gradient_checkpointing: bool = True
     """Recompute each decoder layer in the backward pass (activation memory ~ one layer input per layer)."""
+    tiled_mlp: bool = False
+    """Run each decoder MLP over sequence tiles of ``hidden_size`` tokens (DeepSpeed's ALST TiledMLP): the
+    [T, intermediate] activations of a long row never exist at once. Costs one extra MLP forward per layer."""
 
     def __post_init__(self) -> None:
         if self.preset is None and self.path is None:
@@ -71,6 +78,20 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError("data.max_seq_len must be at least 2")
+
+
+@dataclass
+class LossConfig:
+    tile_tokens: int = 0
+    """Trained positions per LM-head shard: the loss of a micro-batch never holds more than this many rows of
+    logits (DeepSpeed's ALST TiledFusedLogitsLoss, train/tiled.py). 0 = all trained positions at once. Same
+    loss and gradients either way (the global-token normalization is unchanged)."""
+
+    def __post_init__(self) -> None:
+        if self.tile_tokens < 0:
+            raise ValueError(
+                f"loss.tile_tokens={self.tile_tokens} is negative; use 0 (one-shot) or a shard size such as 4096"
+            )
 
 
 @dataclass
@@ -204,6 +225,48 @@ class DistributedConfig:
     """Collective backend; auto = nccl on GPU, gloo on CPU."""
     timeout_minutes: int = 30
     """Collective timeout before a hung rank fails the job."""
+    sequence_parallel: int = 1
+    """Ulysses sequence parallelism (train/sequence_parallel.py): each packed micro-batch is split over this
+    many consecutive ranks, which exchange attention heads all-to-all. 1 = off. Data-parallel size = world
+    size / sequence_parallel; it must divide the world size and the attention head counts."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_parallel < 1:
+            raise ValueError(f"distributed.sequence_parallel={self.sequence_parallel} must be >= 1 (1 = off)")
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimization (``objective: dpo``) on a ``kind: preference`` dataset."""
+
+    beta: float = 0.1
+    """Strength of the implicit KL penalty to the reference model (the rewards are beta x log-ratio)."""
+    loss_type: Literal["sigmoid", "ipo", "robust"] = "sigmoid"
+    """sigmoid: DPO (Rafailov et al.); ipo: IPO, squared loss on the per-token-averaged log-ratio margin
+    (TRL's normalization); robust: rDPO, unbiased under ``label_smoothing`` flipped labels."""
+    label_smoothing: float = 0.0
+    """robust only: assumed fraction of pairs whose preference is flipped, in [0, 0.5)."""
+    rpo_alpha: float = 0.0
+    """Weight of an SFT term on the chosen side (RPO: NLL over the global batch's chosen trained tokens,
+    token-normalized like the SFT loss). 0 = off."""
+    reference: Literal["auto", "adapter", "precomputed"] = "auto"
+    """Reference log-probs. adapter (LoRA only): the same model with the adapter disabled, one extra
+    forward per micro-batch and no second copy of the weights. precomputed: one pass over the dataset
+    with the initial weights before training, stored in RUN_DIR/reference/ and reused on resume.
+    auto = adapter with LoRA, precomputed for full weights."""
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "robust":
+            raise ValueError(
+                f"dpo.label_smoothing applies to dpo.loss_type=robust (rDPO), not {self.loss_type}; "
+                "set dpo.loss_type=robust or dpo.label_smoothing=0"
+            )
+        if self.rpo_alpha < 0:
+            raise ValueError(f"dpo.rpo_alpha must be >= 0, got {self.rpo_alpha}")
 
 
 @dataclass
@@ -221,10 +284,17 @@ class TrainConfig:
     """Steps and learning-rate schedule."""
     seed: int = 42
     """Seed for weight init (presets), data order and dropout."""
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: cross-entropy on the trained tokens of an SFT dataset. dpo: preference optimization on a
+    ``kind: preference`` dataset (settings in ``dpo``; see docs/training.md)."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO settings (used when ``objective: dpo``)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
     """Global / micro batch sizes."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """AdamW settings and gradient clipping."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """How the LM-head loss is computed (tiled or one-shot)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA (off = full fine-tuning)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -233,6 +303,25 @@ class TrainConfig:
     """Metrics, eval cadence, progress."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """DeepSpeed / collectives."""
+
+    def __post_init__(self) -> None:
+        if self.objective == "dpo" and self.dpo.reference == "adapter" and not self.lora.enabled:
+            raise ValueError(
+                "dpo.reference=adapter needs lora.enabled=true (the reference is the model with its adapter "
+                "disabled); use dpo.reference=precomputed (or auto) for full fine-tuning"
+            )
+        # The DPO objective sums each side's log-probs over whole rows in one LM-head call (train/dpo.py):
+        # it neither splits a row over an SP group nor tiles the head, so those settings would be ignored.
+        if self.objective == "dpo" and self.distributed.sequence_parallel > 1:
+            raise ValueError(
+                f"objective: dpo with distributed.sequence_parallel={self.distributed.sequence_parallel} is not "
+                "supported (a pair's log-probs need whole rows on one rank): set distributed.sequence_parallel: 1"
+            )
+        if self.objective == "dpo" and self.loss.tile_tokens:
+            raise ValueError(
+                f"objective: dpo computes the trained positions' logits at once; loss.tile_tokens="
+                f"{self.loss.tile_tokens} applies to the SFT loss only: set loss.tile_tokens: 0"
+            )
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -252,23 +341,45 @@ class BatchLayout:
     micro_batch_size: int
     world_size: int
     grad_accum: int
+    sequence_parallel: int = 1
+    """Ranks sharing each micro-batch (Ulysses); the data-parallel size is world_size / sequence_parallel."""
 
     @property
     def rows_per_rank(self) -> int:
         return self.micro_batch_size * self.grad_accum
 
+    @property
+    def data_parallel(self) -> int:
+        return self.world_size // self.sequence_parallel
 
-def batch_layout(batch: BatchConfig, world_size: int) -> BatchLayout:
-    """Gradient accumulation for ``world_size`` ranks; ValueError with valid sizes if it does not divide."""
-    per_step = batch.micro_batch_size * world_size
+    def data_rank(self, rank: int) -> int:
+        """The data-parallel index of ``rank``: sequence-parallel groups are consecutive ranks."""
+        return rank // self.sequence_parallel
+
+
+def batch_layout(batch: BatchConfig, world_size: int, sequence_parallel: int = 1) -> BatchLayout:
+    """Gradient accumulation for ``world_size`` ranks, of which each ``sequence_parallel`` consecutive ones
+    share a micro-batch; ValueError with valid sizes if it does not divide."""
+    if world_size % sequence_parallel:
+        raise ValueError(
+            f"distributed.sequence_parallel={sequence_parallel} does not divide the world size {world_size}; "
+            f"use one of {[d for d in range(1, world_size + 1) if world_size % d == 0]} or change the rank count"
+        )
+    data_parallel = world_size // sequence_parallel
+    per_step = batch.micro_batch_size * data_parallel
     if batch.global_batch_size % per_step:
         lower = batch.global_batch_size // per_step * per_step
         fits = [g for g in (lower, lower + per_step) if g > 0]
         raise ValueError(
             f"batch.global_batch_size={batch.global_batch_size} is not divisible by micro_batch_size "
-            f"({batch.micro_batch_size}) x world size ({world_size}) = {per_step}; use a multiple of "
+            f"({batch.micro_batch_size}) x {'data-parallel' if sequence_parallel > 1 else 'world'} size "
+            f"({data_parallel}) = {per_step}; use a multiple of "
             f"{per_step} (e.g. {' or '.join(map(str, fits))}) or change batch.micro_batch_size / the rank count"
         )
     return BatchLayout(
-        batch.global_batch_size, batch.micro_batch_size, world_size, batch.global_batch_size // per_step
+        batch.global_batch_size,
+        batch.micro_batch_size,
+        world_size,
+        batch.global_batch_size // per_step,
+        sequence_parallel,
     )

@@ -51,10 +51,12 @@ class MicroBatch:
     """Lengths of the samples, in order (for the attention FLOPs)."""
     weight: float = 1.0
     """0 for the filler batches that keep eval collectives in step across ranks."""
+    padding: int = 0
+    """Pad tokens at the end (a sequence-parallel slice of a row not divisible by the group size)."""
 
     @property
     def num_tokens(self) -> int:
-        return int(self.input_ids.shape[1]) if self.weight else 0
+        return int(self.input_ids.shape[1]) - self.padding if self.weight else 0
 
     @property
     def num_trained(self) -> int:
@@ -147,9 +149,11 @@ class DataStream:
 
 
 def rank_slices(global_rows: list[int], layout: BatchLayout, rank: int) -> list[list[int]]:
-    """This rank's micro-batches (lists of row indices) of one global batch."""
+    """This rank's micro-batches (lists of row indices) of one global batch. The ranks of a
+    sequence-parallel group get the same rows (each then keeps its slice of every micro-batch)."""
     assert len(global_rows) == layout.global_batch_size
-    mine = global_rows[rank * layout.rows_per_rank : (rank + 1) * layout.rows_per_rank]
+    d = layout.data_rank(rank)
+    mine = global_rows[d * layout.rows_per_rank : (d + 1) * layout.rows_per_rank]
     mb = layout.micro_batch_size
     return [mine[i : i + mb] for i in range(0, len(mine), mb)]
 
@@ -196,8 +200,8 @@ def eval_slices(
     """This rank's eval micro-batches as (row ids, weight). Every rank gets the same number of
     micro-batches (ZeRO-3 forwards are collectives); ranks that run out repeat row 0 with weight 0."""
     total = min(num_rows, max_rows) if max_rows else num_rows
-    mb, world = layout.micro_batch_size, layout.world_size
-    mine = list(range(rank, total, world))
+    mb, world = layout.micro_batch_size, layout.data_parallel
+    mine = list(range(layout.data_rank(rank), total, world))
     per_rank = -(-total // world)
     num_batches = -(-per_rank // mb)
     out: list[tuple[list[int], float]] = []

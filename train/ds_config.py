@@ -97,7 +97,9 @@ def build_ds_config(
     optim = cfg.optim
     torch_adam = optim.torch_adam if optim.torch_adam is not None else not offloads_optimizer(ds)
     values: dict[str, Any] = {
-        "train_batch_size": layout.global_batch_size,
+        # DeepSpeed is not told about sequence parallelism (train/sequence_parallel.py): to it every rank is
+        # data-parallel, so its batch bookkeeping counts each row once per SP rank.
+        "train_batch_size": layout.global_batch_size * layout.sequence_parallel,
         "train_micro_batch_size_per_gpu": layout.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
         "gradient_clipping": float(optim.grad_clip),

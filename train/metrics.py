@@ -152,6 +152,7 @@ def step_record(
         "tokens_per_sec_per_device": stats.tokens / seconds / world,
         "mfu": mfu,
         "epoch": epoch,
+        **stats.extra,
     }
 
 
@@ -170,6 +171,7 @@ def run_summary(
         "step": progress.step,
         "total_steps": total_steps,
         "final_loss": progress.last_loss,
+        **{f"final_{k}": v for k, v in progress.last_metrics.items() if k != "pairs"},  # DPO rewards
         "eval_loss": eval_loss,
         "tokens_seen": progress.tokens_seen,
         "trained_tokens_seen": progress.trained_tokens_seen,
@@ -239,6 +241,7 @@ class MetricsWriter:
             "loss": f"{record['loss']:.4f}",
             "lr": f"{record['lr']:.2e}",
             "tok/s/dev": f"{record['tokens_per_sec_per_device']:.0f}",
+            **{k: f"{record[k]:.3f}" for k in ("reward_margin", "reward_accuracy") if k in record},  # DPO
         }
         self.progress(record["step"], postfix)
 
@@ -276,17 +279,23 @@ def plot_loss(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    margins = {r["step"]: r for r in records if "reward_margin" in r}  # objective: dpo
+    fig, axes = plt.subplots(
+        1, 2 if margins else 1, figsize=(12 if margins else 7, 4), dpi=120, squeeze=False
+    )
+    ax = axes[0][0]
     steps = sorted(train)
     ax.plot(steps, [train[s] for s in steps], label="train loss", linewidth=1.2)
     if evals:
         es = sorted(evals)
         ax.plot(es, [evals[s] for s in es], "o-", label="eval loss", markersize=4)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (trained tokens)")
+    ax.set_ylabel("DPO loss (mean over pairs)" if margins else "cross-entropy (trained tokens)")
     ax.set_title(run_dir.name)
     ax.grid(alpha=0.3)
     ax.legend()
+    if margins:
+        _plot_rewards(axes[0][1], margins)
     fig.tight_layout()
     out = run_dir / "loss.png"
     tmp = run_dir / f".loss-{os.getpid()}.png"
@@ -296,6 +305,24 @@ def plot_loss(run_dir: Path) -> Path | None:
     return out
 
 
+def _plot_rewards(ax, records: dict[int, dict[str, Any]]) -> None:
+    """DPO panel of loss.png: rewards per side, margin, and reward accuracy on a second axis."""
+    steps = sorted(records)
+    for key, label in (("rewards_chosen", "reward chosen"), ("rewards_rejected", "reward rejected"),
+                       ("reward_margin", "margin")):  # fmt: skip
+        ax.plot(steps, [records[s][key] for s in steps], label=label, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("beta x log-ratio")
+    ax.grid(alpha=0.3)
+    acc = ax.twinx()
+    acc.plot(steps, [records[s]["reward_accuracy"] for s in steps], "k:", label="accuracy", linewidth=1)
+    acc.set_ylim(0, 1)
+    acc.set_ylabel("reward accuracy")
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = acc.get_legend_handles_labels()
+    ax.legend(lines + more, labels + more_labels, fontsize=8)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table printed on rank 0."""
     rows = [
@@ -303,6 +330,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("steps", f"{summary.get('step')} / {summary.get('total_steps')}"),
         ("final loss", _fmt(summary.get("final_loss"))),
         ("eval loss", _fmt(summary.get("eval_loss"))),
+        *(
+            [
+                (
+                    "reward margin / accuracy",
+                    f"{summary['final_reward_margin']:.4f} / {summary['final_reward_accuracy']:.3f}",
+                )
+            ]
+            if "final_reward_margin" in summary
+            else []
+        ),
         (
             "tokens seen",
             f"{summary.get('tokens_seen', 0):,} ({summary.get('trained_tokens_seen', 0):,} trained)",

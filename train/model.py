@@ -22,10 +22,13 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
+from transformers.models.llama.modeling_llama import LlamaMLP
 
 from data_recipes.tokenizer import BOS_ID, END_OF_TEXT_ID, EOM_ID, EOT_ID, PAD_ID, VOCAB_SIZE
+from train.attention import register_backends
 from train.config import LoraConfig, ModelConfig
 from train.safetensors_io import save_tensors, write_index
+from train.tiled import enable_tiled_mlp
 
 _LLAMA31_ROPE = {
     "rope_type": "llama3",
@@ -151,29 +154,12 @@ def resolve_dtype(cfg: ModelConfig, on_gpu: bool) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
 
 
-def flash_attn_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_attn(cfg: ModelConfig, on_gpu: bool) -> str:
-    if cfg.attn_implementation != "auto":
-        if cfg.attn_implementation == "flash_attention_2" and not (on_gpu and flash_attn_available()):
-            raise ValueError(
-                "model.attn_implementation=flash_attention_2 needs a GPU and `pip install flash-attn`"
-            )
-        return cfg.attn_implementation
-    return "flash_attention_2" if on_gpu and flash_attn_available() else "sdpa"
-
-
 def build_model(
     cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, attn: str
 ) -> torch.nn.Module:
     """Instantiate the model. Call with a live ``HfDeepSpeedConfig`` (ZeRO-3): parameters are partitioned
     as each layer is built, and ``from_pretrained`` loads into the partitions."""
+    register_backends()
     if cfg.path:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.path, config=hf_config, dtype=dtype, attn_implementation=attn, local_files_only=True
@@ -181,6 +167,8 @@ def build_model(
     else:
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False  # a KV cache turns off packed-sequence masking in transformers
+    if cfg.tiled_mlp:
+        enable_tiled_mlp(model, LlamaMLP)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

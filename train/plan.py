@@ -18,8 +18,21 @@ checkpointing: every layer's input (L x b S d x 2 B) plus one layer recomputed i
 (b S (6d + 2 d_kv + 4 d_ff) x 2 B); without it, all layers in full. The LM head only sees trained
 positions: b S f x V x 10 B (bf16 logits + fp32 upcast + fp32 gradient; f = trained fraction, 1 by
 default = worst case). A fixed allowance covers the CUDA context, NCCL buffers and fragmentation.
+
+Long-sequence settings (issue 9): ``distributed.sequence_parallel`` P divides every per-token term
+(activations, logits) by P (each rank holds S/P tokens of a row; Ulysses' all-to-all buffers are the
+size of q, k, v and the attention output, inside the 6d term); ``loss.tile_tokens`` t caps the logits
+at t x V x 10 B; ``model.tiled_mlp`` replaces the 4 d_ff term of the recomputed layer by d tokens'
+worth (one tile of ``hidden_size`` tokens) and costs one more MLP forward (+2 x MLP parameters FLOPs
+per token).
 Step time = tokens x (6N + 12 L d S) / (G x peak x MFU); the attention term uses the full row length,
-an upper bound for packed rows of shorter samples.
+an upper bound for packed rows of shorter samples. SP's all-to-all time is not modelled.
+
+``objective: dpo``: a row holds whole pairs (both sides), so memory per micro-batch is the SFT figure.
+The reference costs compute, not memory: with the adapter-disabled reference (LoRA) every micro-batch
+runs one more no-grad forward (+2N FLOPs per token, its activations freed layer by layer); with a
+precomputed reference, one no-grad pass over the dataset before the first step (2N per dataset token)
+and ~16 bytes per pair on disk.
 """
 
 from __future__ import annotations
@@ -111,13 +124,19 @@ def memory_plans(
     micro: int,
     checkpointing: bool,
     trained_frac: float,
+    *,
+    sp: int = 1,
+    tile_tokens: int = 0,
+    tiled_mlp: bool = False,
 ) -> list[MemoryPlan]:
     n, t = shape.total, shape.trainable
-    tokens = micro * seq
-    per_layer = tokens * (6 * shape.hidden + 2 * shape.kv_dim + 4 * shape.ffn) * 2
+    tokens = micro * seq / sp  # this rank's share of the micro-batch
+    mlp_tokens = min(tokens, shape.hidden) if tiled_mlp else tokens
+    per_layer = (tokens * (6 * shape.hidden + 2 * shape.kv_dim) + mlp_tokens * 4 * shape.ffn) * 2
     layer_inputs = shape.layers * tokens * shape.hidden * 2
     activations = (layer_inputs + per_layer) if checkpointing else shape.layers * per_layer
-    logits = tokens * trained_frac * shape.vocab * 10
+    trained = tokens * trained_frac
+    logits = (min(trained, tile_tokens) if tile_tokens else trained) * shape.vocab * 10
     working = 4 * shape.largest_tensor
     per_node = gpus_per_node / gpus  # this node's share of partitioned host state
     # bytes of fp32 grads + master + moments per trainable parameter, ×1.5 pinned-buffer factor (DeepSpeed's)
@@ -164,7 +183,16 @@ def render(cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape) -> tup
     gpus = args.nodes * args.gpus_per_node
     seq, micro = seq_len(cfg), cfg.batch.micro_batch_size
     frac, frac_src = trained_fraction(cfg, args.trained_fraction)
-    plans = memory_plans(shape, gpus, args.gpus_per_node, seq, micro, cfg.model.gradient_checkpointing, frac)
+    plans = memory_plans(
+        shape,
+        gpus,
+        args.gpus_per_node,
+        seq,
+        micro,
+        cfg.model.gradient_checkpointing,
+        frac,
+        **long_settings(cfg),
+    )
     active = active_plan_index(cfg, Path(args.config).resolve().parent)
     lines = [
         f"model: {shape.total:,} parameters ({shape.trainable:,} trainable{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}); "
@@ -172,6 +200,7 @@ def render(cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape) -> tup
         f"cluster: {args.nodes} node(s) x {args.gpus_per_node} GPU(s) = {gpus} GPUs of {args.gpu_mem_gb:g} GB; "
         f"micro-batch {micro} x {seq:,} tokens, gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}, "
         f"trained fraction {frac:.2f} ({frac_src})",
+        *long_sequence_lines(cfg, shape, plans[0], gpus, args.gpus_per_node, seq, frac),
         "",
         f"{'per-GPU memory (GB)':<34}" + "".join(f"{p.name:>30}" for p in plans),
     ]
@@ -181,7 +210,10 @@ def render(cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape) -> tup
         ("optimizer states (fp32 master+m+v)", "optimizer"),
         ("gathered working set", "working_set"),
         ("activations", "activations"),
-        ("logits (trained positions)", "logits"),
+        (
+            "logits (one loss shard)" if cfg.loss.tile_tokens else "logits (trained positions)",
+            "logits",
+        ),
         ("runtime overhead", "overhead"),
         ("total", "total"),
     ]
@@ -202,13 +234,46 @@ def render(cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape) -> tup
     return "\n".join(lines), fits
 
 
+def long_settings(cfg: TrainConfig) -> dict:
+    return {
+        "sp": cfg.distributed.sequence_parallel,
+        "tile_tokens": cfg.loss.tile_tokens,
+        "tiled_mlp": cfg.model.tiled_mlp,
+    }
+
+
+def long_sequence_lines(
+    cfg, shape: ModelShape, plan: MemoryPlan, gpus: int, per_node: int, seq: int, frac: float
+):
+    """What sequence parallelism, the tiled loss and the tiled MLP buy, each against it switched off."""
+    settings = long_settings(cfg)
+    ckpt, micro = cfg.model.gradient_checkpointing, cfg.batch.micro_batch_size
+    off = {"sp": 1, "tile_tokens": 0, "tiled_mlp": False}
+    names = {"sp": "sequence parallel", "tile_tokens": "tiled loss", "tiled_mlp": "tiled MLP"}
+    lines = [
+        f"long sequences: sequence_parallel {settings['sp']} (data-parallel {gpus // settings['sp']}), "
+        f"loss.tile_tokens {settings['tile_tokens'] or 'off'}, tiled MLP {'on' if settings['tiled_mlp'] else 'off'}"
+    ]
+    for key, name in names.items():
+        if settings[key] == off[key]:
+            continue
+        without = memory_plans(shape, gpus, per_node, seq, micro, ckpt, frac, **{**settings, key: off[key]})[
+            0
+        ]
+        saved = (without.activations + without.logits) - (plan.activations + plan.logits)
+        lines.append(
+            f"  {name} saves {saved / GB:.1f} GB per GPU (activations + logits {(without.activations + without.logits) / GB:.1f} -> {(plan.activations + plan.logits) / GB:.1f} GB)"
+        )
+    return lines
+
+
 def advice(plan: MemoryPlan, plans: list[MemoryPlan], active: int, budget: float) -> str:
     per_batch = plan.activations + plan.logits + plan.working_set + plan.overhead
     if per_batch > budget:
         return (
-            "one micro-batch alone needs more than a GPU (activations + logits); shorten rows (data.max_seq_len), "
-            "keep gradient checkpointing on, or pass the real --trained-fraction (the LM head only sees trained "
-            "positions); more GPUs do not help here"
+            "one micro-batch alone needs more than a GPU (activations + logits); split rows over GPUs with "
+            "distributed.sequence_parallel, set loss.tile_tokens (e.g. 2048) and model.tiled_mlp: true, keep "
+            "gradient checkpointing on, shorten rows (data.max_seq_len), or pass the real --trained-fraction"
         )
     options = ["add nodes (model states shrink with the GPU count)"]
     offload = plans[-1]
@@ -225,16 +290,64 @@ def time_lines(
 ) -> list[str]:
     tokens = cfg.batch.global_batch_size * seq
     k = 6 if not cfg.lora.enabled else 4
+    reference = dpo_reference(cfg)
+    k += 2 if reference == "adapter" else 0  # the adapter-disabled reference forward
     flops_per_token = k * shape.total + 12 * shape.layers * shape.hidden * seq
+    if cfg.model.tiled_mlp:  # TiledMLP recomputes each MLP forward once more in its backward
+        flops_per_token += 2 * 3 * shape.hidden * shape.ffn * shape.layers
     step = tokens * flops_per_token / (gpus * args.gpu_tflops * 1e12 * args.mfu)
     total_h = step * cfg.schedule.steps / 3600
+    extra = dpo_lines(cfg, args, shape, gpus, seq, reference) if reference else []
     return [
+        *extra,
         f"tokens per step: {tokens:,} ({cfg.batch.global_batch_size} rows x {seq:,}); "
-        f"{flops_per_token / 1e9:,.1f} GFLOP per token ({k}N + 12 L d S)",
+        f"{flops_per_token / 1e9:,.1f} GFLOP per token ({k}N + 12 L d S"
+        f"{', incl. 2N reference forward' if reference == 'adapter' else ''})",
         f"step time at {args.mfu:.0%} MFU of {args.gpu_tflops:g} TFLOP/s: {step:.1f} s; "
         f"{cfg.schedule.steps:,} steps: {total_h:.1f} h ({total_h * gpus:,.0f} GPU-hours); "
         f"{tokens / step / gpus:,.0f} tokens/s per GPU",
     ]
+
+
+def dpo_reference(cfg: TrainConfig) -> str | None:
+    """``adapter`` / ``precomputed`` for ``objective: dpo``, None for SFT."""
+    if cfg.objective != "dpo":
+        return None
+    if cfg.dpo.reference != "auto":
+        return cfg.dpo.reference
+    return "adapter" if cfg.lora.enabled else "precomputed"
+
+
+def dpo_lines(
+    cfg: TrainConfig, args: argparse.Namespace, shape: ModelShape, gpus: int, seq: int, reference: str
+) -> list[str]:
+    """What DPO adds: pairs per step (from the manifest when built) and the reference's cost."""
+    manifest_path = Path(cfg.data.path) / "manifest.json"
+    m = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    lines = [
+        f"objective: dpo ({cfg.dpo.loss_type}, beta {cfg.dpo.beta:g}); both sides of a pair share a packed row"
+    ]
+    if m.get("kind") == "preference" and m.get("num_rows"):
+        pairs = sum(s.get("num_pairs", 0) for s in m["splits"].values())
+        lines.append(
+            f"pairs: {pairs:,} in {m['num_rows']:,} rows ({pairs / m['num_rows']:.1f} per row, "
+            f"~{pairs / m['num_rows'] * cfg.batch.global_batch_size:,.0f} per step)"
+        )
+    if reference == "adapter":
+        lines.append(
+            "reference: the model with its LoRA adapter disabled (no second copy; +2N FLOPs per token)"
+        )
+    else:
+        dataset_tokens = m.get("num_tokens")
+        if dataset_tokens:
+            hours = dataset_tokens * 2 * shape.total / (gpus * args.gpu_tflops * 1e12 * args.mfu) / 3600
+            when = f"{dataset_tokens:,} dataset tokens x 2N: {hours:.2f} h"
+        else:
+            when = "2N FLOPs per dataset token (build the dataset for an estimate)"
+        lines.append(
+            f"reference: precomputed once before step 1 into RUN_DIR/reference/ ({when}); reused on resume"
+        )
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

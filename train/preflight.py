@@ -21,6 +21,7 @@ from data_recipes.tokenizer import load_tokenizer
 from train import data as data_mod
 from train.config import TrainConfig, batch_layout
 from train.distributed import local_device, resolve_backend
+from train.dpo import check_objective
 from train.ds_config import load_template
 
 
@@ -28,7 +29,7 @@ def _local_checks(cfg: TrainConfig, config_path: str, rank: int, world: int, on_
     problems: list[str] = []
     host = socket.gethostname()
     try:
-        batch_layout(cfg.batch, world)
+        batch_layout(cfg.batch, world, cfg.distributed.sequence_parallel)
         load_template(cfg.distributed.deepspeed, Path(config_path).resolve().parent)
     except ValueError as err:
         problems.append(str(err))
@@ -49,6 +50,7 @@ def _dataset_checks(cfg: TrainConfig, host: str) -> list[str]:
         data_mod.check_manifest(
             manifest, load_tokenizer(cfg.model.tokenizer), cfg.data.path, cfg.data.max_seq_len
         )
+        check_objective(manifest, cfg)
         data_mod.load_splits(cfg.data.path, cfg.data.train_split, cfg.data.eval_split)
     except (ValueError, OSError) as err:
         return [f"{host}: {err}"]

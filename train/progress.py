@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -18,7 +18,7 @@ class StepStats:
     """One optimizer step, summed over every rank."""
 
     loss: float
-    """Mean cross-entropy over the trained tokens of the global batch."""
+    """Mean cross-entropy over the trained tokens of the global batch (DPO: mean loss over its pairs)."""
     grad_norm: float | None
     """Global gradient norm before clipping (None until the update is applied)."""
     lr: float
@@ -31,6 +31,8 @@ class StepStats:
     """Sum of squared sample lengths (the attention FLOP term)."""
     stop: bool
     """Some rank was asked to stop (signal or stop file)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Objective metrics (DPO: rewards per side, reward accuracy and margin, log-probs per side, pairs)."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class TrainingProgress:
     """Tokens with a label trained on so far."""
     last_loss: float | None = None
     """Loss of the latest step (None before the first)."""
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    """Objective metrics of the latest step (DPO rewards, accuracy, margin), for the run summary."""
 
     def advance(self, stats: StepStats, rows: int) -> None:
         """Count one optimizer step over ``rows`` packed rows."""
@@ -55,6 +59,7 @@ class TrainingProgress:
         self.tokens_seen += stats.tokens
         self.trained_tokens_seen += stats.trained_tokens
         self.last_loss = stats.loss
+        self.last_metrics = dict(stats.extra)
 
     def epoch(self, num_rows: int) -> float:
         """Passes over a split of ``num_rows`` rows (fractional)."""
@@ -68,6 +73,7 @@ class TrainingProgress:
             "tokens_seen": self.tokens_seen,
             "trained_tokens_seen": self.trained_tokens_seen,
             "loss": self.last_loss,
+            **({"last_metrics": self.last_metrics} if self.last_metrics else {}),  # objective: dpo
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -77,3 +83,4 @@ class TrainingProgress:
         self.tokens_seen = int(state["tokens_seen"])
         self.trained_tokens_seen = int(state["trained_tokens_seen"])
         self.last_loss = state.get("loss")
+        self.last_metrics = dict(state.get("last_metrics") or {})

@@ -21,12 +21,14 @@ import yaml
 from data_recipes.tokenizer import load_tokenizer, save_tokenizer
 from train import checkpoint as ckpt
 from train import data as data_mod
+from train import sequence_parallel as sp_mod
 from train.config import BatchLayout, TrainConfig, batch_layout, config_as_dict
 from train.distributed import all_reduce_sum, local_device, on_rank0, quiet_deepspeed, resolve_backend
+from train.dpo import DPOObjective, check_objective
 from train.ds_config import build_ds_config, load_template
 from train.fileio import write_json
 from train.lora import adapter_config, apply_lora, lora_state, write_adapter
-from train.loss import backward_scale, micro_ce_sum, nonfinite_loss_error
+from train.loss import backward_scale, micro_objective, nonfinite_loss_error
 from train.metrics import (
     FlopModel,
     MetricsWriter,
@@ -46,7 +48,6 @@ from train.model import (
     model_fingerprint,
     param_counts,
     replace_model_source,
-    resolve_attn,
     resolve_dtype,
     write_base_model,
 )
@@ -69,6 +70,7 @@ class SFTRecipe:
         self.on_gpu = False
         self.device = torch.device("cpu")
         self.layout: BatchLayout | None = None
+        self.sp: sp_mod.SPGroup | None = None  # this rank's sequence-parallel group (None = SP off)
         self.stop = ckpt.StopRequest()  # replaced (with rank 0's stop file) and installed by setup
         # data (_read_inputs, _setup_data)
         self.manifest: dict[str, Any] = {}
@@ -86,6 +88,7 @@ class SFTRecipe:
         self.flop_model: FlopModel | None = None
         # outcome
         self.metrics: MetricsWriter | None = None  # rank 0 only
+        self.objective: DPOObjective | None = None  # objective: dpo (train/dpo.py); None = the SFT loss
         self.throughput = Throughput(world=1, peak_tflops=None)
         self.eval_loss: float | None = None
         self.resumed_from: Path | None = None
@@ -108,6 +111,7 @@ class SFTRecipe:
         self.fingerprint = model_fingerprint(self.hf_config, self.cfg.lora)
         resume_from = self._resolve_resume()
         self._setup_engine(resume_from)
+        self.objective = DPOObjective(self) if self.cfg.objective == "dpo" else None
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         on_rank0(self._write_run_files, self.rank, self.world)
@@ -121,7 +125,7 @@ class SFTRecipe:
     def _read_inputs(self) -> None:
         """The dataset manifest and the DeepSpeed template: plain file reads, done before distributed init
         so a wrong path fails at once with its own message."""
-        self.manifest = data_mod.read_manifest(self.cfg.data.path)
+        self.manifest = check_objective(data_mod.read_manifest(self.cfg.data.path), self.cfg)
         self.ds_template = load_template(self.cfg.distributed.deepspeed, self.config_dir)
 
     def _setup_distributed(self) -> None:
@@ -135,10 +139,11 @@ class SFTRecipe:
             dist_backend=backend, timeout=timedelta(minutes=self.cfg.distributed.timeout_minutes)
         )
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.layout = batch_layout(self.cfg.batch, self.world)
+        self.layout = batch_layout(self.cfg.batch, self.world, self.cfg.distributed.sequence_parallel)
+        self.sp = sp_mod.init_groups(self.layout.sequence_parallel, self.world, self.rank)
         self._info(
             f"{self.world} rank(s), backend {backend}, global batch {self.layout.global_batch_size} = micro "
-            f"{self.layout.micro_batch_size} x accumulation {self.layout.grad_accum} x {self.world} ranks"
+            f"{self.layout.micro_batch_size} x accumulation {self.layout.grad_accum} x {sp_mod.describe(self.layout)}"
         )
 
     def _setup_data(self) -> None:
@@ -179,7 +184,8 @@ class SFTRecipe:
         from transformers.integrations import HfDeepSpeedConfig
 
         cfg = self.cfg
-        dtype, attn = resolve_dtype(cfg.model, self.on_gpu), resolve_attn(cfg.model, self.on_gpu)
+        dtype, seq_len = resolve_dtype(cfg.model, self.on_gpu), self.manifest.get("max_seq_len")
+        attn = sp_mod.model_attention(cfg.model, self.hf_config, self.on_gpu, seq_len, self.sp, self._info)
         bf16 = dtype == torch.bfloat16
         self.ds_config = build_ds_config(self.ds_template, cfg, self.layout, self.hf_config.hidden_size, bf16)
         self._hf_ds = HfDeepSpeedConfig(self.ds_config)
@@ -285,7 +291,7 @@ class SFTRecipe:
         rows = self.stream.rows(self.progress.rows_consumed, self.layout.global_batch_size)
         vocab = self.hf_config.vocab_size
         return [
-            data_mod.collate(self.train_ds, r, vocab)
+            sp_mod.local_slice(data_mod.collate(self.train_ds, r, vocab), self.sp)
             for r in data_mod.rank_slices(rows, self.layout, self.rank)
         ]
 
@@ -296,15 +302,17 @@ class SFTRecipe:
     def accumulate(self, micro_batches: list[data_mod.MicroBatch]) -> StepStats:
         """Forward + backward of every micro-batch with the global token normalization (train/loss.py).
         Gradients are reduced and partitioned when it returns; the weights are not updated yet."""
+        if self.objective is not None:  # DPO: the pair-normalized loss (train/dpo.py)
+            return self.objective.accumulate(micro_batches)
         local_trained = sum(mb.num_trained for mb in micro_batches)
         global_trained = int(all_reduce_sum(self.device, [local_trained])[0])
         scale = backward_scale(self.world, global_trained)
-        ce_total, bad_rows = 0.0, []
+        ce_total, bad_rows, tile = 0.0, [], self.cfg.loss.tile_tokens
         for i, mb in enumerate(micro_batches):
-            ce_sum = micro_ce_sum(self.engine, mb, self.device)
+            objective, ce_sum = micro_objective(self.engine, mb, self.device, tile, scale)
             if not torch.isfinite(ce_sum):
                 bad_rows += mb.row_ids
-            self.engine.backward(ce_sum * scale, scale_wrt_gas=False)
+            self.engine.backward(objective, scale_wrt_gas=False)
             ce_total += float(ce_sum.detach())
             if i < len(micro_batches) - 1:
                 self.engine.step()  # DeepSpeed counts micro-steps; only the boundary step updates
@@ -321,7 +329,7 @@ class SFTRecipe:
             lr=self.engine.get_lr()[0],
             tokens=int(totals[1]),
             trained_tokens=global_trained,
-            sum_sq_lengths=int(totals[2]),
+            sum_sq_lengths=int(totals[2]) // self.layout.sequence_parallel,  # an SP group shares its rows
             stop=bool(totals[4]),
         )
 
@@ -354,16 +362,16 @@ class SFTRecipe:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Token-level eval loss on the eval split (every rank runs the same number of forwards)."""
-        if self.eval_ds is None:
-            return None
+        if self.eval_ds is None or self.objective is not None:  # DPO: train/dpo.py evaluates the pairs
+            return None if self.eval_ds is None else self.objective.evaluate()
         self.engine.eval()
         ce, n = 0.0, 0
         vocab = self.hf_config.vocab_size
         for rows, weight in data_mod.eval_slices(
             len(self.eval_ds), self.layout, self.rank, self.cfg.data.eval_max_rows
         ):
-            mb = data_mod.collate(self.eval_ds, rows, vocab, weight=weight)
-            ce += float(micro_ce_sum(self.engine, mb, self.device))
+            mb = sp_mod.local_slice(data_mod.collate(self.eval_ds, rows, vocab, weight=weight), self.sp)
+            ce += float(micro_objective(self.engine, mb, self.device, self.cfg.loss.tile_tokens)[1])
             n += mb.num_trained
         self.engine.train()
         ce_all, n_all = all_reduce_sum(self.device, [ce, n])

@@ -131,19 +131,20 @@ def nonfinite_check(recipe) -> dict:
 
     rows = recipe.stream.rows(recipe.progress.rows_consumed, recipe.layout.global_batch_size)
     expected = sorted(r for mb in rank_slices(rows, recipe.layout, 1) for r in mb)
-    original = recipe_mod.micro_ce_sum
+    original = recipe_mod.micro_objective
 
-    def poisoned(model, mb, device=None):
-        value = original(model, mb, device)
-        return value * float("nan") if recipe.rank == 1 else value
+    def poisoned(model, mb, device, *args):
+        objective, ce = original(model, mb, device, *args)
+        nan = float("nan") if recipe.rank == 1 else 1.0
+        return objective * nan, ce * nan
 
-    recipe_mod.micro_ce_sum = poisoned
+    recipe_mod.micro_objective = poisoned
     try:
         recipe.accumulate(recipe.next_micro_batches())
     except NonFiniteLossError as err:
         return {"raised": True, "message": str(err), "expected_rows": expected, "step": recipe.progress.step + 1}
     finally:
-        recipe_mod.micro_ce_sum = original
+        recipe_mod.micro_objective = original
     return {"raised": False}
 
 

@@ -56,3 +56,14 @@ def test_loads_a_whole_hermes_state_json():
     progress = TrainingProgress()
     progress.load_state_dict(saved)
     assert progress == TrainingProgress(10, 40, 81234, 12000, 9.5)
+
+
+def test_objective_metrics_of_the_last_step_are_saved_and_restored():
+    progress = TrainingProgress()
+    dpo = StepStats(0.69, None, 1e-3, 100, 40, 5000, stop=False, extra={"reward_margin": 0.0, "pairs": 3})
+    progress.advance(dpo, rows=4)
+    state = progress.state_dict()
+    assert state["last_metrics"] == {"reward_margin": 0.0, "pairs": 3}
+    restored = TrainingProgress()
+    restored.load_state_dict(state)
+    assert restored == progress
