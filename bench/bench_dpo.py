@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-from bench_train import ds_config_for_trl, run
+from bench_train import ds_config_for_trl, run, run_info
 
 from train.launch import free_port, local_torchrun
 
@@ -109,20 +108,8 @@ def main() -> None:
              f"max_seq_len={args.max_seq_len}", "validation_fraction=0", "--out", str(data), "--quiet", "--overwrite"],
             out / "build.log", env)  # fmt: skip
     rows = [ours(args, data, out, env), theirs(args, data, out, env)]
-    import deepspeed
-    import torch
-    import transformers
-    import trl
-
     result = {
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "versions": {
-            "torch": torch.__version__,
-            "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        **run_info(),
         "setup": {
             "ranks": 2,
             "max_seq_len": args.max_seq_len,

@@ -115,6 +115,25 @@ def lm_head_probe(data: Path, repeats: int = 3) -> dict:
     return {"row_tokens": int(mb.input_ids.shape[1]), "trained_positions": mb.num_trained, "sec": timings}
 
 
+def run_info() -> dict:
+    """Command, machine and the versions of the packages both sides run on (every bench result opens with it)."""
+    import deepspeed
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "versions": {
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=12)
@@ -224,20 +243,9 @@ def main() -> None:
         args.warmup_steps,
     )
 
-    import deepspeed
-    import torch
-    import transformers
-
     probe = lm_head_probe(data)
     result = {
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "versions": {
-            "torch": torch.__version__,
-            "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        **run_info(),
         "setup": {
             "ranks": 2,
             "rows_per_step": 4,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from trl_sft_worker import step_clock
 
 
 def trl_pairs(data: str) -> list[dict]:
@@ -61,27 +62,13 @@ def main() -> None:
     del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     from data_recipes.tokenizer import load_tokenizer
 
     trainer = make_trainer(args, Dataset.from_list(trl_pairs(args.data)), load_tokenizer())
     stamps: list[float] = []
     logs_seen: list[dict] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            if not stamps:
-                stamps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
-
-        def on_log(self, _args, _state, _control, logs=None, **k):
-            if logs and "loss" in logs:
-                logs_seen.append({k: v for k, v in logs.items() if isinstance(v, int | float)})
-
-    trainer.add_callback(Clock())
+    trainer.add_callback(step_clock(stamps, logs_seen))
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0

@@ -33,6 +33,25 @@ class CountingCollator:
         return self.inner(examples)
 
 
+def step_clock(stamps: list[float], logs_seen: list[dict]):
+    """A TrainerCallback that stamps the start and every step end, and keeps the numeric logs with a loss."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if not stamps:
+                stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                logs_seen.append({k: v for k, v in logs.items() if isinstance(v, int | float)})
+
+    return Clock()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -53,7 +72,7 @@ def main() -> None:
     del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from data_recipes.tokenizer import load_tokenizer
@@ -97,21 +116,8 @@ def main() -> None:
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     stamps: list[float] = []
-    losses: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            if not stamps:
-                stamps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
-
-        def on_log(self, _args, _state, _control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    trainer.add_callback(Clock())
+    logs_seen: list[dict] = []
+    trainer.add_callback(step_clock(stamps, logs_seen))
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
@@ -122,7 +128,7 @@ def main() -> None:
         out = {
             "step_times": [b - a for a, b in itertools.pairwise(stamps)],
             "step_tokens": [int(t) for t in tokens.tolist()],
-            "losses": losses,
+            "losses": [float(r["loss"]) for r in logs_seen],
             "train_wall_sec": wall,
             "world_size": dist.get_world_size(),
         }

@@ -43,19 +43,25 @@ def nonfinite_loss_error(step: int, rows: list[int], data_path: str, last_checkp
     )
 
 
-def micro_ce_sum(model: torch.nn.Module, mb: MicroBatch, device: torch.device | None = None) -> torch.Tensor:
-    """Sum of token CE (fp32) over the trained positions of one flattened micro-batch, in one shot through
-    the model's own forward (``logits_to_keep``): the plain reference the tests compare the trainer's
-    :func:`micro_objective` with (one-shot or tiled, they are equal)."""
-    device = device or next(model.parameters()).device
+def trained_logits(model: torch.nn.Module, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+    """[n, V] fp32 logits at the trained positions of one flattened micro-batch, in one shot through the
+    model's own forward (``logits_to_keep``: only those positions reach the LM head)."""
     out = model(
         input_ids=mb.input_ids.to(device),
         position_ids=mb.position_ids.to(device),
         use_cache=False,  # a cache disables transformers' packed-sequence masking
         logits_to_keep=mb.target_index.to(device),
     )
-    logits = out.logits.reshape(-1, out.logits.shape[-1])
-    return F.cross_entropy(logits.float(), mb.targets.to(device), reduction="sum") * mb.weight
+    return out.logits.reshape(-1, out.logits.shape[-1]).float()
+
+
+def micro_ce_sum(model: torch.nn.Module, mb: MicroBatch, device: torch.device | None = None) -> torch.Tensor:
+    """Sum of token CE (fp32) over the trained positions of one flattened micro-batch, in one shot: the
+    plain reference the tests compare the trainer's :func:`micro_objective` with (one-shot or tiled, they
+    are equal)."""
+    device = device or next(model.parameters()).device
+    logits = trained_logits(model, mb, device)
+    return F.cross_entropy(logits, mb.targets.to(device), reduction="sum") * mb.weight
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:

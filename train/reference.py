@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from train.data import MicroBatch, collate, eval_slices
 from train.distributed import on_rank0
 from train.fileio import write_json
+from train.loss import trained_logits
 
 REFERENCE_DIR = "reference"
 FORMAT_VERSION = 1
@@ -48,13 +49,7 @@ def sequence_logps(
     crosses a sequence: every sequence starts with an untrained BOS and labels are shifted inside rows.
     """
     device = device or next(model.parameters()).device
-    out = model(
-        input_ids=mb.input_ids.to(device),
-        position_ids=mb.position_ids.to(device),
-        use_cache=False,  # a cache disables transformers' packed-sequence masking
-        logits_to_keep=mb.target_index.to(device),
-    )
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+    logits = trained_logits(model, mb, device)
     token_logps = -F.cross_entropy(logits, mb.targets.to(device), reduction="none")
     num_seqs = len(mb.seq_lengths)
     seq_of_pos = torch.repeat_interleave(
