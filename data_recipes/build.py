@@ -5,8 +5,9 @@ plus a few numpy columns of one number per sample):
 
 1. **read**: every source streams ``(origin, json_text)`` rows into one Arrow file (text, so mixed
    schemas are never null-padded); each source's rows are counted and hashed;
-2. **render**: ``datasets.map`` with ``num_proc`` workers runs :func:`data_recipes.pipeline.process_batch`
-   (normalize → recipe → render → label rules), one record per sample, failures included;
+2. **render**: ``num_proc`` worker processes (:mod:`data_recipes.workers`) run
+   :func:`data_recipes.pipeline.process_batch` (normalize → recipe → render → audit → label rules),
+   one record per sample, failures included;
 3. **select**: drops (worker errors, length filters, too few trained tokens, exact duplicates) are
    decided on numpy columns, every sample gets exactly one fate, so
    ``num_samples_in == num_samples_kept + sum(dropped)`` holds per source and in total; then the
@@ -23,8 +24,8 @@ split counts as one sample). The manifest reports both (``num_inputs``, ``num_sa
 
 from __future__ import annotations
 
-import hashlib
 import os
+import resource
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -40,16 +41,16 @@ from data_recipes import manifest as mf
 from data_recipes.mixture import MixtureConfig, check_inputs, sample_counts, split_validation
 from data_recipes.outdir import check_out, owned_output
 from data_recipes.packing import PackPlan, ffd_pack, shuffle_rows
-from data_recipes.pipeline import RECORD_COLUMNS, SourceRules, WorkerContext, get_tokenizer, process_batch
+from data_recipes.pipeline import SourceRules, WorkerContext, get_tokenizer, process_batch
 from data_recipes.preference import process_pair_batch, sequence_lengths
 from data_recipes.sources import SourceSpec, iter_rows, resolve
+from data_recipes.workers import render_records
 
 RAW_SCHEMA = pa.schema([("source", pa.int32()), ("origin", pa.string()), ("raw", pa.large_string())])
 PACKED_SCHEMA = pa.schema(
     [(c, pa.list_(pa.int32())) for c in ("input_ids", "labels", "position_ids", "seq_lengths")]
 )
 RAW_BATCH_ROWS = 2048
-MAP_BATCH_ROWS = 128
 WRITE_BATCH_ROWS = 256
 COMMAND = "data build"
 
@@ -62,7 +63,23 @@ class BuildResult:
 
 
 def default_num_proc() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
+    """The CPUs this process may use: its CPU affinity (what ``taskset``, cgroups-cpusets and a SLURM
+    step grant), capped by ``SLURM_CPUS_PER_TASK`` inside a SLURM job. Not ``os.cpu_count()``: on a
+    shared node that counts CPUs the job does not own."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return max(1, cpus)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished child processes (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def preflight(cfg: MixtureConfig, out_dir: Path, overwrite: bool, inputs: list[Path]) -> list[SourceSpec]:
@@ -125,48 +142,16 @@ def _write_raw(
 
 
 def render_samples(cfg: MixtureConfig, raw_path: Path, work: Path, num_proc: int, progress: bool):
-    """Stage 2: the parallel map from raw rows to sample records (a memory-mapped Dataset)."""
-    import datasets
-
-    features = datasets.Features(
-        {
-            "source": datasets.Value("int32"),
-            "origin": datasets.Value("string"),
-            "format": datasets.Value("string"),
-            "error": datasets.Value("string"),
-            "detail": datasets.Value("string"),
-            "input_ids": datasets.List(datasets.Value("int32")),
-            "labels": datasets.List(datasets.Value("int32")),
-            "length": datasets.Value("int32"),
-            "num_trained": datasets.Value("int32"),
-            "cut": datasets.Value("bool"),
-            "digest_hi": datasets.Value("int64"),
-            "digest_lo": datasets.Value("int64"),
-            "ignored": datasets.List(datasets.Value("string")),
-            "chosen_length": datasets.Value("int32"),
-        }
-    )
-    assert list(features) == list(RECORD_COLUMNS)
+    """Stage 2: raw rows to sample records in ``num_proc`` workers (a memory-mapped Dataset)."""
     ctx = WorkerContext(
         sources=tuple(SourceRules(s.format, s.recipe or "", s.options) for s in cfg.sources),
         history=cfg.history,
         tokenizer=cfg.tokenizer,
-        check=cfg.check,
+        check=cfg.check_mode,
+        check_rate=cfg.check_rate,
     )
-    raw = datasets.Dataset.from_file(str(raw_path))
-    return raw.map(
-        process_pair_batch if cfg.kind == "preference" else process_batch,
-        batched=True,
-        batch_size=MAP_BATCH_ROWS,
-        num_proc=num_proc if num_proc > 1 and len(raw) > MAP_BATCH_ROWS else None,
-        remove_columns=raw.column_names,
-        features=features,
-        fn_kwargs={"ctx": ctx},
-        cache_file_name=str(work / "samples.arrow"),
-        load_from_cache_file=False,
-        new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
-        desc="render + tokenize",
-    )
+    process = process_pair_batch if cfg.kind == "preference" else process_batch
+    return render_records(raw_path, work / "records", ctx, num_proc, progress, process)
 
 
 @dataclass
@@ -327,9 +312,10 @@ def run_stages(
     inputs = read_sources(specs, work / "raw.arrow", progress)
     check_inputs(cfg, [i["num_inputs"] for i in inputs])
     timings["read_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     samples = render_samples(cfg, work / "raw.arrow", work, num_proc, progress)
     timings["render_s"] = time.perf_counter() - t
+    timings["render_cpu_s"] = cpu_seconds() - cpu  # all workers: what a shared machine cannot distort
     t = time.perf_counter()
     cols = mf.columns(samples)
     sel = select(cfg, cols)

@@ -14,7 +14,12 @@ from data_recipes.mixture import load_mixture
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="mixture config YAML (see configs/data/sample.yaml)")
     parser.add_argument("--out", required=True, help="output folder (a datasets DatasetDict + manifest.json)")
-    parser.add_argument("--num-proc", type=int, default=None, help="worker processes (default: min(2, CPUs))")
+    parser.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="worker processes (default: the CPUs this process may use: affinity, SLURM_CPUS_PER_TASK)",
+    )
     parser.add_argument("--strict", action="store_true", help="fail instead of dropping any sample")
     parser.add_argument(
         "--overwrite",

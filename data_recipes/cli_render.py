@@ -5,6 +5,8 @@ Rows are read exactly as the data builder reads them (same file types, the forma
 ``{"text": …, "input_ids": […], "labels": […], "origin": "file:line"}``. A bad row is reported on
 stderr with its file, line and reason, and counted; ``--strict`` stops at the first. Columns no reader
 used are counted in the summary line, as ``data build`` counts them in ``ignored_fields``.
+Every sample gets the full checks (:func:`data_recipes.checks.check_invariants`, what the build's
+audit runs on its share); a failure is reported like a bad row.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data_recipes.checks import check_invariants
 from data_recipes.formats.detect import FORMAT_NAMES, read_row
-from data_recipes.messages import SampleError
+from data_recipes.messages import Conversation, SampleError
 from data_recipes.pipeline import parse_row
-from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, render_all
+from data_recipes.render import HISTORY_POLICIES, RenderedSample, RenderOptions, expand_history, render
 from data_recipes.sources import iter_rows, resolve
 from data_recipes.tokenizer import load_tokenizer
 
@@ -94,9 +97,18 @@ def render_file(
             read = read_row(row, fmt, origin)
             if ignored is not None:
                 ignored.update(read.ignored)
-            yield origin, render_all(read.conversation, tokenizer, options)
+            yield origin, render_checked(read.conversation, tokenizer, options)
         except SampleError as err:
             yield origin, err
+
+
+def render_checked(conv: Conversation, tokenizer, options: RenderOptions) -> list[RenderedSample]:
+    """``render_all`` + the full checks on every sample; raises :class:`SampleError`."""
+    convs = expand_history(conv) if options.history == "expand" else [conv]
+    samples = [render(c, tokenizer, options) for c in convs]
+    for c, sample in zip(convs, samples, strict=True):
+        check_invariants(sample, c, tokenizer, options)
+    return samples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

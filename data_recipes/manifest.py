@@ -51,7 +51,8 @@ def columns(samples) -> dict[str, np.ndarray]:
     """The per-sample columns selection needs, as numpy arrays (no token lists)."""
     table = samples.data
     out = {}
-    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "chosen_length"):
+    for name in ("source", "length", "num_trained", "digest_hi", "digest_lo", "cut", "chosen_length", "fallback",
+                 "audited"):  # fmt: skip
         out[name] = table.column(name).to_numpy()
     for name in ("error", "format"):
         out[name] = np.asarray(table.column(name).to_pylist(), dtype=object)
@@ -201,6 +202,12 @@ def make_manifest(
         "splits": splits,
         "per_source": per_source,
         "content_fingerprint": content_fingerprint(per_source),
+        "render": {
+            "check": cfg.check_mode,
+            "check_rate": cfg.check_rate if cfg.check_mode == "sample" else None,
+            "num_audited": int(cols["audited"].sum()),
+            "num_fallback": int(cols["fallback"].sum()),
+        },
         "num_proc": num_proc,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(cfg),
@@ -252,6 +259,11 @@ def tables(manifest: dict[str, Any]) -> list:
     overview.add_row("config_hash", manifest["config_hash"])
     if "content_fingerprint" in manifest:  # manifests of earlier builds lack it
         overview.add_row("content_fingerprint", manifest["content_fingerprint"])
+    if render := manifest.get("render"):  # absent in manifests written before the audit existed
+        overview.add_row(
+            "checks / audited / exact fallback",
+            f"{render['check']} / {render['num_audited']:,} / {render['num_fallback']:,}",
+        )
 
     per = Table(title="per source")
     for col in ("source", "recipe", "in", "kept", "dropped", "out", "val", "tokens", "trained", "cut"):

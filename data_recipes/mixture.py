@@ -129,8 +129,13 @@ class MixtureConfig:
     overlong: Literal["drop", "error"] = "drop"
     """What to do with a sample longer than ``max_tokens``: drop and count it, or stop the build. A
     sample is never truncated."""
-    check: bool = True
-    """Verify every rendered sample (decoded trained spans, prompt-prefix parity, single BOS)."""
+    check: bool | Literal["sample", "full"] = "sample"
+    """``sample``: cheap invariants on every sample (single BOS, trained text == assistant body +
+    ``<|eot_id|>``) and the full audit (whole-text ids and labels, decoded labels, inference-prompt
+    prefix parity) on a deterministic ``check_rate`` share; ``full`` (or ``true``): the audit on every
+    sample; ``false``: no checks. An audit failure stops the build (see ``data_recipes/checks.py``)."""
+    check_rate: float = 0.01
+    """Share of samples the ``check: sample`` audit covers (chosen by a hash of the rendered text)."""
     max_repeat: float = 1000.0
     """Largest multiple of a source's kept samples that its ``weight`` / ``count`` may ask for: a guard
     against a typo such as ``count: 100000000`` on a 60-row source writing without bound."""
@@ -146,6 +151,8 @@ class MixtureConfig:
             raise ValueError(
                 f"max_tokens must be in [1, max_seq_len={self.max_seq_len}], got {self.max_tokens}"
             )
+        if not 0.0 < self.check_rate <= 1.0:
+            raise ValueError(f"check_rate must be in (0, 1], got {self.check_rate}")
         if not self.max_repeat >= 1.0:
             raise ValueError(f"max_repeat must be at least 1, got {self.max_repeat}")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -162,6 +169,12 @@ class MixtureConfig:
         if len(set(labels)) != len(labels):
             dupes = sorted({x for x in labels if labels.count(x) > 1})
             raise ValueError(f"source labels must be unique (set 'name'): {dupes}")
+
+    @property
+    def check_mode(self) -> Literal["sample", "full", "off"]:
+        if isinstance(self.check, bool):
+            return "full" if self.check else "off"
+        return self.check
 
     def _check_preference(self) -> None:
         if self.history == "expand":

@@ -2,12 +2,13 @@
 
 For each raw row: parse JSON → normalize (:mod:`data_recipes.formats`) → split per reply under
 ``expand`` → recipe check (:mod:`data_recipes.recipes`) → render + tokenize (one batched tokenizer
-call per render setting) → post-render label rules → content digest. A row that fails anywhere
+call per render setting) → the audit on its share of samples (:mod:`data_recipes.checks`; a failure
+stops the build) → post-render label rules → content digest. A row that fails anywhere
 becomes one record with an ``error`` reason and no tokens, so every input is accounted for; a row
 that ``expand`` splits becomes several records.
 
-Everything here is a pure function of the batch and a :class:`WorkerContext`, so ``datasets.map``
-can run it in worker processes (each loads the tokenizer once).
+Everything here is a pure function of the batch and a :class:`WorkerContext`, so the worker
+processes of :mod:`data_recipes.workers` can run it (they inherit the loaded tokenizer).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import xxhash
 from transformers import PreTrainedTokenizerBase
 
+from data_recipes.checks import CheckMode, audit, is_audited
 from data_recipes.formats.detect import detect_format, read_row
 from data_recipes.messages import Conversation, SampleError
 from data_recipes.recipes import RECIPES
@@ -29,12 +32,17 @@ from data_recipes.render import RenderedSample, RenderOptions, expand_history, r
 from data_recipes.sources import NOT_UTF8
 from data_recipes.tokenizer import load_tokenizer
 
-RECORD_COLUMNS = (
-    "source", "origin", "format", "error", "detail", "input_ids", "labels",
-    "length", "num_trained", "cut", "digest_hi", "digest_lo", "ignored", "chosen_length",
+RECORD_SCHEMA = pa.schema(
+    [("source", pa.int32()), ("origin", pa.string()), ("format", pa.string()), ("error", pa.string()),
+     ("detail", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+     ("length", pa.int32()), ("num_trained", pa.int32()), ("cut", pa.bool_()), ("fallback", pa.bool_()),
+     ("audited", pa.bool_()), ("digest_hi", pa.int64()), ("digest_lo", pa.int64()),
+     ("ignored", pa.list_(pa.string())), ("chosen_length", pa.int32())]
 )  # fmt: skip
 # chosen_length: 0 for an SFT sample; for a preference pair (data_recipes/preference.py) the length of
 # its chosen side, which the packer uses to restart positions at the rejected side.
+RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
+_TOKEN_COLUMNS = ("input_ids", "labels")
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,10 @@ class WorkerContext:
     sources: tuple[SourceRules, ...]
     history: Literal["last", "expand", "keep"]
     tokenizer: str | None
-    check: bool = True
+    check: CheckMode = "sample"
+    """``sample``: cheap checks on every sample + the audit on a deterministic share (``check_rate``);
+    ``full``: the audit on every sample; ``off``: no checks."""
+    check_rate: float = 0.01
 
 
 _EMPTY = np.zeros(0, dtype=np.int32)  # typed, so a batch of only failures still has int32 lists
@@ -72,20 +83,22 @@ def _error_record(source: int, origin: str, fmt: str, err: SampleError | Excepti
         reason, detail = "unexpected_error", f"{type(err).__name__}: {err}"
     return {
         "source": source, "origin": origin, "format": fmt, "error": reason, "detail": detail[:500],
-        "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "digest_hi": 0, "digest_lo": 0,
-        "ignored": [],
-        "chosen_length": 0,
+        "input_ids": _EMPTY, "labels": _EMPTY, "length": 0, "num_trained": 0, "cut": False, "fallback": False,
+        "audited": False, "digest_hi": 0, "digest_lo": 0, "ignored": [], "chosen_length": 0,
     }  # fmt: skip
 
 
-def _sample_record(source: int, fmt: str, sample: RenderedSample, cut: bool) -> dict[str, Any]:
+def _sample_record(
+    source: int, fmt: str, sample: RenderedSample, cut: bool, audited: bool = False
+) -> dict[str, Any]:
     ids = np.asarray(sample.input_ids, dtype=np.int32)
     labels = np.asarray(sample.labels, dtype=np.int32)
     digest = xxhash.xxh3_128_intdigest(ids.tobytes() + b"|" + labels.tobytes())
     hi, lo = digest >> 64, digest & ((1 << 64) - 1)
     return {
         "source": source, "origin": sample.origin, "format": fmt, "error": "", "detail": "",
-        "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": sample.num_trained, "cut": cut,
+        "input_ids": ids, "labels": labels, "length": len(ids), "num_trained": int((labels != -100).sum()),
+        "cut": cut, "fallback": sample.fallback, "audited": audited,
         "digest_hi": hi - (1 << 64) if hi >= 1 << 63 else hi, "digest_lo": lo - (1 << 64) if lo >= 1 << 63 else lo,
         "ignored": [],
         "chosen_length": 0,
@@ -203,22 +216,55 @@ def process_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, list]
             else:
                 slots.append(_error_record(source, getattr(item, "origin", "") or origin, fmt, item))
     for (thinking, policy), group in pending.items():
-        options = RenderOptions(thinking=thinking, history=policy, check=ctx.check)
-        results = render_guarded([p.conv for *_, p in group], tokenizer, options)
-        for (slot, source, fmt, prep), result in zip(group, results, strict=True):
-            if isinstance(result, SampleError):
-                slots[slot] = _error_record(source, prep.conv.origin, fmt, result)
-                continue
-            sample = apply_label_rules(result, prep)
-            if sample.num_trained == 0:
-                err = SampleError(
-                    "no_trained_tokens", "no token is trained after the label rules", sample.origin
-                )
-                slots[slot] = _error_record(source, sample.origin, fmt, err)
-                continue
-            slots[slot] = _sample_record(source, fmt, sample, bool(prep.cut_turns))
+        options = RenderOptions(thinking=thinking, history=policy, check=ctx.check != "off")
+        for (slot, *_), record in zip(group, _render_group(group, options, ctx, tokenizer), strict=True):
+            slots[slot] = record
     records = [r for r in slots if r is not None]
     assert len(records) == len(slots)
     for slot, names in ignored_at.items():
         records[slot]["ignored"] = names
     return {col: [r[col] for r in records] for col in RECORD_COLUMNS}
+
+
+def _render_group(
+    group: list[tuple[int, int, str, Prepared]],
+    options: RenderOptions,
+    ctx: WorkerContext,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict[str, Any]]:
+    """Records for prepared conversations that share render options: render, audit, label rules."""
+    results = render_guarded([p.conv for *_, p in group], tokenizer, options)
+    audited = [
+        isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
+    ]
+    audit(
+        [(p.conv, r) for (*_, p), r, a in zip(group, results, audited, strict=True) if a], tokenizer, options
+    )
+    records = []
+    for (_, source, fmt, prep), result, checked in zip(group, results, audited, strict=True):
+        if isinstance(result, SampleError):
+            records.append(_error_record(source, prep.conv.origin, fmt, result))
+            continue
+        sample = apply_label_rules(result, prep)
+        if sample.num_trained == 0:
+            err = SampleError("no_trained_tokens", "no token is trained after the label rules", sample.origin)
+            records.append(_error_record(source, sample.origin, fmt, err))
+            continue
+        records.append(_sample_record(source, fmt, sample, bool(prep.cut_turns), checked))
+    return records
+
+
+def record_batch(records: dict[str, list]) -> pa.RecordBatch:
+    """:func:`process_batch` output as one Arrow record batch (token lists concatenated, not converted
+    one list at a time)."""
+    lengths = np.asarray(records["length"], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    columns = []
+    for field in RECORD_SCHEMA:
+        values = records[field.name]
+        if field.name in _TOKEN_COLUMNS:
+            flat = np.concatenate(values).astype(np.int32, copy=False) if values else np.zeros(0, np.int32)
+            columns.append(pa.ListArray.from_arrays(offsets, pa.array(flat)))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.record_batch(columns, schema=RECORD_SCHEMA)

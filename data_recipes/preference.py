@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from data_recipes.checks import audit, is_audited
 from data_recipes.formats.columns import is_empty
 from data_recipes.messages import Conversation, SampleError, conversation_from_openai
 from data_recipes.pipeline import (
@@ -142,6 +143,7 @@ def pair_record(source: int, fmt: str, chosen: RenderedSample, rejected: Rendere
         list(chosen.labels) + list(rejected.labels),
         chosen.text + rejected.text,
         chosen.origin,
+        fallback=chosen.fallback or rejected.fallback,
     )
     record = _sample_record(source, fmt, both, False)
     record["chosen_length"] = len(chosen.input_ids)
@@ -173,11 +175,17 @@ def _prepare_row(source: int, origin: str, raw: str, ctx: WorkerContext, tokeniz
         return fmt, ignored, err
 
 
-def _render_pairs(group, tokenizer, check: bool, slots: list) -> None:
-    """Render every side of the group's pairs in one batch; fill each pair's slot with its record."""
+def _render_pairs(group, tokenizer, ctx: WorkerContext, slots: list) -> None:
+    """Render every side of the group's pairs in one batch (each side audited like an SFT sample,
+    :mod:`data_recipes.checks`); fill each pair's slot with its record."""
     (thinking, policy), items = group
-    options = RenderOptions(thinking=thinking, history=policy, check=check)
-    results = render_guarded([p.conv for item in items for p in item[3]], tokenizer, options)
+    options = RenderOptions(thinking=thinking, history=policy, check=ctx.check != "off")
+    convs = [p.conv for item in items for p in item[3]]
+    results = render_guarded(convs, tokenizer, options)
+    audited = [
+        isinstance(r, RenderedSample) and is_audited(r.text, ctx.check, ctx.check_rate) for r in results
+    ]
+    audit([(c, r) for c, r, a in zip(convs, results, audited, strict=True) if a], tokenizer, options)
     for k, (slot, source, fmt, pair, ignored) in enumerate(items):
         sides = []
         for side, prep, result in zip(SIDES, pair, results[2 * k : 2 * k + 2], strict=True):
@@ -194,6 +202,7 @@ def _render_pairs(group, tokenizer, check: bool, slots: list) -> None:
             if len(sides) == 2
             else _error_record(source, pair[0].conv.origin, fmt, err)
         )
+        record["audited"] = len(sides) == 2 and any(audited[2 * k : 2 * k + 2])
         slots[slot] = {**record, "ignored": ignored}
 
 
@@ -211,7 +220,7 @@ def process_pair_batch(batch: dict[str, list], ctx: WorkerContext) -> dict[str, 
         groups.setdefault(key, []).append((len(slots), source, fmt, result, ignored))
         slots.append(None)
     for group in groups.items():
-        _render_pairs(group, tokenizer, ctx.check, slots)
+        _render_pairs(group, tokenizer, ctx, slots)
     assert all(r is not None for r in slots)
     return {col: [r[col] for r in slots] for col in RECORD_COLUMNS}
 

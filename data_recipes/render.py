@@ -1,10 +1,13 @@
 """Render a conversation into token ids and labels with the one chat template.
 
-``render`` renders the final string with the template (``data_recipes/chat_template.jinja``) through
-the same Jinja engine ``apply_chat_template`` uses, takes the trained character spans from the
-template's ``{% generation %}`` markers, tokenizes the whole string once with offsets, and labels the
-tokens inside those spans. Spans come from the final string, never from diffing re-rendered prefixes,
-so stripping earlier reasoning cannot shift them.
+``render_batch`` renders each conversation once with the template (``data_recipes/chat_template.jinja``)
+through the same Jinja engine ``apply_chat_template`` uses and takes the trained character spans from
+the template's ``{% generation %}`` markers. The text is then cut at the span edges and all segments
+of a batch are encoded in one tokenizer call (:mod:`data_recipes.segments`, which proves when that
+gives exactly the ids of the whole text); a segment inside a span is trained as a whole. A sample
+whose cuts are not provably safe is encoded whole with offsets and labelled per token
+(:func:`label_tokens`), exact either way. Spans come from the final string, never from diffing
+re-rendered prefixes, so stripping earlier reasoning cannot shift them.
 
 History policies (multi-turn reasoning):
 
@@ -23,11 +26,9 @@ No policy ever renders an empty ``<think></think>``: a turn either shows its rea
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
-from operator import itemgetter
 from typing import Literal
 
 import numpy as np
@@ -35,10 +36,10 @@ from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from data_recipes.messages import Conversation, Message, SampleError, to_template_messages
+from data_recipes.segments import IGNORE_INDEX, off_main_thread, segmenter_for
 from data_recipes.template_engine import render_with_spans
-from data_recipes.tokenizer import BOS, BOS_ID, EOT, NUM_BPE_RANKS
+from data_recipes.tokenizer import BOS, BOS_ID, EOT
 
-IGNORE_INDEX = -100
 HistoryPolicy = Literal["last", "expand", "keep"]
 HISTORY_POLICIES: tuple[str, ...] = ("last", "expand", "keep")
 
@@ -50,7 +51,10 @@ class RenderOptions:
     history: HistoryPolicy = "last"
     """How earlier turns' reasoning and replies are treated; see the module docstring."""
     check: bool = True
-    """Verify the invariants on every sample (prefix parity, decoded spans, single BOS)."""
+    """Check the cheap invariants on every sample: a single BOS at 0, each trained span's text equal
+    to :func:`assistant_body` + ``<|eot_id|>``, at least one trained token. The expensive checks
+    (whole-text ids and labels, decoded labels, inference-prompt prefix parity) are the audit of
+    :mod:`data_recipes.checks`."""
 
     def __post_init__(self) -> None:
         if self.history not in HISTORY_POLICIES:
@@ -66,6 +70,8 @@ class RenderedSample:
     origin: str = ""
     spans: list[tuple[int, int]] = field(default_factory=list)
     """Trained character spans of ``text``."""
+    fallback: bool = False
+    """Encoded whole with offsets because a span edge was not provably safe to cut at."""
 
     @property
     def num_trained(self) -> int:
@@ -161,35 +167,65 @@ def expand_history(conv: Conversation) -> list[Conversation]:
 def render_batch(
     convs: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
 ) -> list[RenderedSample | SampleError]:
-    """Render many conversations at once (batched tokenizer calls). ``expand`` is not applied here."""
+    """Render many conversations at once (one batched tokenizer call). ``expand`` is not applied here."""
     policy = replace(options, history="last") if options.history == "expand" else options
-    results: list[RenderedSample | SampleError | None] = []
-    rendered: list[tuple[int, Conversation, str, list[tuple[int, int]]]] = []
-    for conv in convs:
+    results: list[RenderedSample | SampleError | None] = [None] * len(convs)
+    segmenter = segmenter_for(tokenizer)
+    cut, whole = [], []
+    for slot, conv in enumerate(convs):
         try:
             text, spans = render_text(conv, policy)
-            rendered.append((len(results), conv, text, spans))
         except SampleError as err:
-            results.append(err)
+            results[slot] = err
             continue
-        results.append(None)
-    backend = tokenizer.backend_tokenizer
-    encodings = backend.encode_batch([text for _, _, text, _ in rendered], add_special_tokens=False)
-    checked: list[tuple[int, Conversation, RenderedSample, list[tuple[int, int]]]] = []
-    for (slot, conv, text, spans), enc in zip(rendered, encodings, strict=True):
-        try:
-            ids = enc.ids
-            sample = RenderedSample(
-                ids, label_tokens(ids, enc.offsets, spans, conv.origin), text, conv.origin, spans
-            )
-            results[slot] = sample
-            checked.append((slot, conv, sample, enc.offsets))
-        except SampleError as err:
-            results[slot] = err
+        plan = segmenter.plan(text, spans) if segmenter is not None else None
+        (whole if plan is None else cut).append((slot, conv, text, spans, plan))
+    if cut:
+        encoded = segmenter.encode([t for _, _, t, _, _ in cut], [p for *_, p in cut])
+        for (slot, conv, text, spans, _), (ids, labels) in zip(cut, encoded, strict=True):
+            results[slot] = RenderedSample(ids, labels, text, conv.origin, spans)
+    if whole:
+        encoded = exact_encode([t for _, _, t, _, _ in whole], tokenizer)
+        for (slot, conv, text, spans, _), (ids, offsets) in zip(whole, encoded, strict=True):
+            results[slot] = exact_sample(ids, offsets, conv, text, spans)
     if options.check:
-        for slot, err in _check_batch(checked, tokenizer, policy):
-            results[slot] = err
+        for slot, conv in enumerate(convs):
+            if isinstance(sample := results[slot], RenderedSample):
+                results[slot] = basic_check(sample, conv, policy) or sample
     return results  # type: ignore[return-value]
+
+
+def exact_encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list]]:
+    """``(ids, offsets)`` of each whole text: the reference the segmented encoding must equal."""
+    encodings = off_main_thread(
+        tokenizer.backend_tokenizer.encode_batch, list(texts), add_special_tokens=False
+    )
+    return [(enc.ids, enc.offsets) for enc in encodings]
+
+
+def exact_sample(ids, offsets, conv: Conversation, text: str, spans) -> RenderedSample | SampleError:
+    """The slow path: the whole text's ids, labelled by their offsets (a token across an edge: dropped)."""
+    try:
+        return RenderedSample(
+            ids, label_tokens(ids, offsets, spans, conv.origin), text, conv.origin, spans, True
+        )
+    except SampleError as err:
+        return err
+
+
+def basic_check(sample: RenderedSample, conv: Conversation, options: RenderOptions) -> SampleError | None:
+    """The cheap per-sample invariants (see :attr:`RenderOptions.check`), or None when they hold."""
+    ids, origin = sample.input_ids, conv.origin
+    n_bos = ids.count(BOS_ID)
+    if not ids or ids[0] != BOS_ID or n_bos != 1:
+        return SampleError("bos_invariant", f"expected one BOS at position 0, found {n_bos}", origin)
+    if len(sample.labels) == sample.labels.count(IGNORE_INDEX):
+        return SampleError("no_trained_tokens", "no assistant token is trained", origin)
+    got = [sample.text[a:b] for a, b in sample.spans]
+    expected = [assistant_body(conv.messages[i]) + EOT for i in trained_turns(conv, options)]
+    if got != expected:
+        return SampleError("trained_span_mismatch", f"trained spans {got!r} != {expected!r}", origin)
+    return None
 
 
 def render(conv: Conversation, tokenizer: PreTrainedTokenizerBase, options: RenderOptions) -> RenderedSample:
@@ -206,133 +242,6 @@ def render_all(
     """All samples a conversation yields under the history policy (several for ``expand``)."""
     convs = expand_history(conv) if options.history == "expand" else [conv]
     return [render(c, tokenizer, options) for c in convs]
-
-
-def check_invariants(
-    sample: RenderedSample, conv: Conversation, tokenizer: PreTrainedTokenizerBase, options: RenderOptions
-) -> None:
-    """Raise :class:`SampleError` unless every sample invariant holds (see :func:`_check_batch`)."""
-    enc = tokenizer.backend_tokenizer.encode(sample.text, add_special_tokens=False)
-    if enc.ids != list(
-        sample.input_ids
-    ):  # render_batch guarantees this by construction; a given sample may not
-        raise SampleError(
-            "retokenize_mismatch", "tokenizing the rendered text does not give these ids", conv.origin
-        )
-    for _, err in _check_batch([(0, conv, sample, enc.offsets)], tokenizer, options):
-        raise err
-
-
-def _check_batch(
-    items: Sequence[tuple[int, Conversation, RenderedSample, list[tuple[int, int]]]],
-    tokenizer: PreTrainedTokenizerBase,
-    options: RenderOptions,
-) -> list[tuple[int, SampleError]]:
-    """The per-sample invariants, with one batched decode and one batched encode for all samples.
-
-    The ids come from tokenizing the whole rendered text once, and :func:`label_tokens` has already
-    refused tokens that straddle a span edge, so "tokenizing the whole text gives the renderer's ids"
-    holds by construction. Checked here: a single BOS at 0; at least one trained token; decoded
-    trained runs equal :func:`assistant_body` (an independent statement of the format) + EOT; every
-    trained turn's inference prompt (history + generation prompt) is a token prefix of the render.
-
-    The prefix check encodes only the prompt's last segment: the tokenizer splits text at added tokens
-    before anything else and encodes each segment on its own, so once the prompt is a string prefix
-    of the render and a token boundary falls where it ends, the two tokenizations agree up to the
-    prompt's last added token, and only the text after it can differ (an added token straddling the
-    prompt's end breaks the boundary). The property tests compare against a full prompt encode.
-    """
-    failures: list[tuple[int, SampleError]] = []
-    runs_of, prompts, owners, decode_jobs = {}, [], [], []
-    for slot, conv, sample, _ in items:
-        ids, origin = sample.input_ids, conv.origin
-        n_bos = ids.count(BOS_ID)
-        if not ids or ids[0] != BOS_ID or n_bos != 1:
-            failures.append(
-                (slot, SampleError("bos_invariant", f"expected one BOS at position 0, found {n_bos}", origin))
-            )
-            continue
-        runs = trained_runs(sample.labels)
-        if not runs:
-            failures.append((slot, SampleError("no_trained_tokens", "no assistant token is trained", origin)))
-            continue
-        runs_of[slot] = runs
-        decode_jobs += [ids[a:b] for a, b in runs]
-        for turn in trained_turns(conv, options):
-            history = replace(conv, messages=conv.messages[:turn])
-            prompts.append(render_text(history, options, add_generation_prompt=True)[0])
-            owners.append((slot, turn))
-    by_slot = {slot: (conv, sample, offsets) for slot, conv, sample, offsets in items}
-    failures += _check_trained_spans(runs_of, decode_jobs, by_slot, tokenizer, options)
-    failures += _check_prompt_prefixes(owners, prompts, by_slot, tokenizer, {slot for slot, _ in failures})
-    return failures
-
-
-_BySlot = dict[int, tuple[Conversation, RenderedSample, list[tuple[int, int]]]]
-
-
-def _check_trained_spans(
-    runs_of: dict[int, list[tuple[int, int]]],
-    decode_jobs: list[list[int]],
-    by_slot: _BySlot,
-    tokenizer: PreTrainedTokenizerBase,
-    options: RenderOptions,
-) -> list[tuple[int, SampleError]]:
-    """Decoded trained runs (one batched decode) against :func:`assistant_body` + EOT per trained turn."""
-    failures = []
-    decoded = iter(tokenizer.backend_tokenizer.decode_batch(decode_jobs, skip_special_tokens=False))
-    for slot, runs in runs_of.items():
-        conv = by_slot[slot][0]
-        got = [next(decoded) for _ in runs]
-        expected = [assistant_body(conv.messages[i]) + EOT for i in trained_turns(conv, options)]
-        if got != expected:
-            detail = f"decoded trained spans {got!r} != {expected!r}"
-            failures.append((slot, SampleError("trained_span_mismatch", detail, conv.origin)))
-    return failures
-
-
-def _check_prompt_prefixes(
-    owners: list[tuple[int, int]],
-    prompts: list[str],
-    by_slot: _BySlot,
-    tokenizer: PreTrainedTokenizerBase,
-    failed: set[int],
-) -> list[tuple[int, SampleError]]:
-    """Each trained turn's inference prompt is a token prefix of its render (slots in ``failed`` skip)."""
-    failures = []
-    tails = [
-        _prompt_tail(by_slot[slot][1], by_slot[slot][2], prompt)
-        for (slot, _), prompt in zip(owners, prompts, strict=True)
-    ]
-    tail_ids = iter(
-        tokenizer.backend_tokenizer.encode_batch([t[2] for t in tails if t], add_special_tokens=False)
-    )
-    for (slot, turn), tail in zip(owners, tails, strict=True):
-        conv, sample, _ = by_slot[slot]
-        ok = tail is not None and sample.input_ids[tail[0] : tail[1]] == next(tail_ids).ids
-        if slot not in failed and not ok:
-            detail = f"the inference prompt for message {turn} is not a token prefix"
-            failures.append((slot, SampleError("prefix_mismatch", detail, conv.origin)))
-            failed.add(slot)
-    return failures
-
-
-def _prompt_tail(
-    sample: RenderedSample, offsets: Sequence[tuple[int, int]], prompt: str
-) -> tuple[int, int, str] | None:
-    """``(first, end, tail)``: the prompt is a token prefix iff ``encode(tail) == input_ids[first:end]``.
-
-    None when it cannot be: the prompt is not a string prefix, or no token boundary falls at its end.
-    """
-    end_char = len(prompt)
-    if not sample.text.startswith(prompt):
-        return None
-    end = bisect_right(offsets, end_char, key=itemgetter(1))  # tokens ending at or before the prompt's end
-    if end == 0 or offsets[end - 1][1] != end_char or (end < len(offsets) and offsets[end][0] < end_char):
-        return None
-    last_added = next((j for j in range(end - 1, -1, -1) if sample.input_ids[j] >= NUM_BPE_RANKS), -1)
-    tail_start = offsets[last_added][1] if last_added >= 0 else 0
-    return last_added + 1, end, prompt[tail_start:]
 
 
 def trained_runs(labels: Sequence[int]) -> list[tuple[int, int]]:

@@ -142,6 +142,11 @@ def test_data_build_wrapper_dry_run(slurm_env):
         "dry run: srun --ntasks=1 hermes-sft data build configs/data/sample.yaml max_seq_len=4096 "
         "--out /shared/data/x --num-proc 16"
     ) in out.stdout
+    assert "dry run: SRUN_CPUS_PER_TASK=16" in out.stdout  # srun >= 22.05 does not inherit it from sbatch
+    out = run_script("slurm/data-build.sbatch", "c.yaml", "/o", env=dict(env, SLURM_CPUS_PER_TASK=""))
+    assert (
+        "dry run: srun --ntasks=1 hermes-sft data build c.yaml --out /o \n" in out.stdout
+    )  # default: affinity
 
 
 def test_sbatch_directives_are_literal():

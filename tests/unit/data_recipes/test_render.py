@@ -7,13 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from data_recipes.checks import _prompt_tail, check_invariants
 from data_recipes.messages import SampleError, conversation_from_openai, to_template_messages
 from data_recipes.render import (
     IGNORE_INDEX,
     RenderedSample,
     RenderOptions,
-    _prompt_tail,
-    check_invariants,
     expand_history,
     render,
     render_all,
@@ -197,7 +196,7 @@ def _tampered(tokenizer, row, **edits):
         ("ids_not_from_text", "retokenize_mismatch"),
         ("trained_token", "trained_span_mismatch"),
         ("no_bos", "bos_invariant"),
-        ("nothing_trained", "no_trained_tokens"),
+        ("nothing_trained", "label_mismatch"),  # labels that are not the ones the spans give
     ],
 )
 def test_invariant_checker_catches_each_violation(tokenizer, edit, reason):
