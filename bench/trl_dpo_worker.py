@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from trl_sft_worker import step_clock
+from trl_sft_worker import gloo_partial_state, step_clock
 
 
 def trl_pairs(data: str) -> list[dict]:
@@ -54,12 +53,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     args = p.parse_args()
 
-    # accelerate + transformers on a CPU host need an explicit gloo PartialState (see bench/trl_sft_worker.py)
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    from accelerate.state import PartialState
-
-    PartialState(backend="gloo")
-    del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    gloo_partial_state()
 
     from datasets import Dataset
 

@@ -33,6 +33,17 @@ class CountingCollator:
         return self.inner(examples)
 
 
+def gloo_partial_state() -> None:
+    """accelerate 1.15 + transformers 5 on a CPU host: without an explicit gloo PartialState every rank
+    believes world_size == 1 (no data sharding, every rank writes outputs); see the project's CPU
+    feasibility notes. Call it before TrainingArguments."""
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    from accelerate.state import PartialState
+
+    PartialState(backend="gloo")
+    del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
 def step_clock(stamps: list[float], logs_seen: list[dict]):
     """A TrainerCallback that stamps the start and every step end, and keeps the numeric logs with a loss."""
     from transformers import TrainerCallback
@@ -62,14 +73,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
 
-    # accelerate 1.15 + transformers 5 on a CPU host: without an explicit gloo PartialState every rank
-    # believes world_size == 1 (no data sharding, every rank writes outputs); see
-    # the project's CPU feasibility notes. The workaround is applied before TrainingArguments.
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    from accelerate.state import PartialState
-
-    PartialState(backend="gloo")
-    del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    gloo_partial_state()
 
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
